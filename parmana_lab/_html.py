@@ -1,0 +1,71 @@
+"""Small HTML renderings for Jupyter (``_repr_html_``); presentation only."""
+
+from __future__ import annotations
+
+from html import escape
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .attestation import ExecutionAttestation
+    from .policy import Policy
+
+_STYLE = "font-family:monospace;font-size:12px;border-collapse:collapse"
+_BADGE = {
+    "approve": "#1a7f37",
+    "completed": "#1a7f37",
+    "reject": "#cf222e",
+    "pending_override": "#9a6700",
+}
+
+
+def table(rows: list[tuple[str, Any]], title: str = "") -> str:
+    head = f"<caption style='text-align:left;font-weight:bold'>{escape(title)}</caption>" if title else ""
+    body = "".join(
+        f"<tr><th style='text-align:left;padding:2px 8px'>{escape(str(k))}</th>"
+        f"<td style='padding:2px 8px'>{v if isinstance(v, Html) else escape(str(v))}</td></tr>"
+        for k, v in rows
+    )
+    return f"<table style='{_STYLE}'>{head}{body}</table>"
+
+
+class Html(str):
+    """Already-escaped markup."""
+
+
+def badge(text: str) -> Html:
+    colour = _BADGE.get(text, "#57606a")
+    return Html(f"<span style='color:white;background:{colour};padding:1px 6px;border-radius:8px'>{escape(text)}</span>")
+
+
+def attestation_html(att: ExecutionAttestation) -> str:
+    d = att.decision
+    return table(
+        [
+            ("executionId", att.executionId),
+            ("policy", f"{att.policyId} {att.policyVersion}"),
+            ("decision", badge(d.action)),
+            ("rule", d.ruleId),
+            ("reason", d.reason),
+            ("execution_state", badge(att.execution_state)),
+            ("execution_fingerprint", att.execution_fingerprint),
+            ("signalsHash", att.signalsHash),
+            ("bundleHash", att.bundleHash),
+            ("runtime", f"{att.runtimeVersion} ({att.runtimeHash[:16]}…)"),
+            ("evaluatorArtifactHash", att.evaluatorArtifactHash),
+            ("issuedAt", att.issuedAt),
+            ("signerKeyId", att.signerKeyId),
+            ("signature", att.signature[:24] + "…"),
+        ],
+        title="ExecutionAttestation",
+    )
+
+
+def policy_html(policy: Policy) -> str:
+    rows: list[tuple[str, Any]] = [
+        ("policy", f"{policy.policyId} {policy.policyVersion}"),
+        ("bundleHash", policy.bundleHash),
+        ("signals", ", ".join(f"{k}: {v.type}" for k, v in policy.signalsSchema.items())),
+    ]
+    rows += [(f"rule {r.id}", f"→ {r.outcome.action}{' (override)' if r.outcome.requires_override else ''}") for r in policy.rules]
+    rows += [(w.code, w.reason) for w in policy.warnings]
+    return table(rows, title="Policy")

@@ -1,0 +1,410 @@
+"""The DuckDB audit database: attestations, signals, replay store, refusals, policies.
+
+One file, one writer process at a time (DuckDB's file lock). Every write
+goes through ``transaction()``, which also counts transactions so the
+"at most two per execution" budget is observable. The replay table is the
+replay store: a fingerprint is RESERVED before signing and CONFIRMED in the
+same transaction that records the attestation.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+from .errors import AuditStoreError
+
+SCHEMA_VERSION = 1
+ATTESTATION_COLUMNS = (
+    "seq",
+    "executionId",
+    "execution_fingerprint",
+    "policyId",
+    "policyVersion",
+    "schemaVersion",
+    "runtimeVersion",
+    "runtimeHash",
+    "evaluatorArtifactHash",
+    "signalsHash",
+    "bundleHash",
+    "decision_action",
+    "decision_requires_override",
+    "decision_reason",
+    "decision_ruleId",
+    "execution_state",
+    "issuedAt",
+    "signerKeyId",
+    "signature",
+    "canonical",
+)
+
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (
+        1,
+        """
+        CREATE TABLE attestations (
+            seq BIGINT NOT NULL,
+            executionId VARCHAR PRIMARY KEY,
+            execution_fingerprint VARCHAR NOT NULL,
+            policyId VARCHAR NOT NULL,
+            policyVersion VARCHAR NOT NULL,
+            schemaVersion VARCHAR NOT NULL,
+            runtimeVersion VARCHAR NOT NULL,
+            runtimeHash VARCHAR NOT NULL,
+            evaluatorArtifactHash VARCHAR NOT NULL,
+            signalsHash VARCHAR NOT NULL,
+            bundleHash VARCHAR NOT NULL,
+            decision_action VARCHAR NOT NULL,
+            decision_requires_override BOOLEAN NOT NULL,
+            decision_reason VARCHAR NOT NULL,
+            decision_ruleId VARCHAR NOT NULL,
+            execution_state VARCHAR NOT NULL,
+            issuedAt VARCHAR NOT NULL,
+            signerKeyId VARCHAR NOT NULL,
+            signature VARCHAR NOT NULL,
+            canonical VARCHAR NOT NULL
+        );
+        CREATE TABLE signals (
+            executionId VARCHAR PRIMARY KEY,
+            signals VARCHAR NOT NULL
+        );
+        CREATE TABLE replay (
+            execution_fingerprint VARCHAR PRIMARY KEY,
+            state VARCHAR NOT NULL,
+            executionId VARCHAR NOT NULL,
+            reserved_at TIMESTAMP NOT NULL,
+            expires_at TIMESTAMP,
+            updated_at TIMESTAMP NOT NULL
+        );
+        CREATE TABLE refusals (
+            refused_at TIMESTAMP NOT NULL,
+            code VARCHAR NOT NULL,
+            stage VARCHAR NOT NULL,
+            reason VARCHAR NOT NULL,
+            input_hash VARCHAR,
+            policyId VARCHAR,
+            policyVersion VARCHAR,
+            executionId VARCHAR
+        );
+        CREATE TABLE policies (
+            policyId VARCHAR NOT NULL,
+            policyVersion VARCHAR NOT NULL,
+            bundleHash VARCHAR NOT NULL,
+            document VARCHAR NOT NULL,
+            first_used_at TIMESTAMP NOT NULL,
+            PRIMARY KEY (policyId, policyVersion)
+        );
+        """,
+    ),
+)
+
+_LOCK_PID = re.compile(r"\(PID (\d+)\)")
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    return moment.astimezone(timezone.utc).replace(tzinfo=None) if moment.tzinfo else moment
+
+
+class AuditDB:
+    """A DuckDB audit database file, migrated to the current schema on open."""
+
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
+        self.path = Path(path)
+        self.read_only = read_only
+        self.transactions = 0
+        self._lock = threading.RLock()
+        self._con = _connect(self.path, read_only)
+        if not read_only:
+            self._migrate()
+        else:
+            self._check_version()
+
+    def __repr__(self) -> str:
+        return f"AuditDB({str(self.path)!r})"
+
+    def __enter__(self) -> AuditDB:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._con is not None:
+                self._con.close()
+                self._con = None
+
+    @property
+    def connection(self) -> duckdb.DuckDBPyConnection:
+        """The raw DuckDB connection, for your own SQL and relations."""
+        if self._con is None:
+            raise AuditStoreError("AUD-005", "audit", f"audit database {self.path} is closed")
+        return self._con
+
+    def sql(self, query: str, params: Sequence[Any] | None = None) -> pd.DataFrame:
+        """Run a query and return a DataFrame (e.g. ``db.sql("from attestations")``)."""
+        with self._lock:
+            return self.connection.execute(query, params or []).df()
+
+    # -- schema -------------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        exists = self.connection.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_migrations'"
+        ).fetchall()[0][0]
+        if not exists:
+            return 0
+        return self.connection.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchall()[0][0]
+
+    def _check_version(self) -> int:
+        version = self.schema_version()
+        if version > SCHEMA_VERSION:
+            raise AuditStoreError(
+                "AUD-003",
+                "audit",
+                f"audit database {self.path} has schema v{version}, newer than this kit understands (v{SCHEMA_VERSION}); upgrade parmana-lab",
+            )
+        return version
+
+    def _migrate(self) -> None:
+        version = self._check_version()
+        pending = [(v, sql) for v, sql in MIGRATIONS if v > version]
+        if not pending:
+            return
+        with self.transaction() as con:
+            con.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMP NOT NULL)")
+            for v, sql in pending:
+                con.execute(sql)
+                con.execute("INSERT INTO schema_migrations VALUES (?, ?)", [v, _naive_utc(datetime.now(timezone.utc))])
+
+    # -- transactions ----------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """All-or-nothing: commits on success, rolls back and re-raises on any error."""
+        with self._lock:
+            con = self.connection
+            self.transactions += 1
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+            except BaseException:
+                try:
+                    con.execute("ROLLBACK")
+                except duckdb.Error:
+                    pass
+                raise
+            try:
+                con.execute("COMMIT")
+            except duckdb.Error as exc:
+                raise AuditStoreError("AUD-006", "audit", f"commit to {self.path} failed: {exc}") from exc
+
+    # -- reads ------------------------------------------------------------------------
+
+    def count(self, table: str = "attestations") -> int:
+        if table not in ("attestations", "signals", "replay", "refusals", "policies"):
+            raise ValueError(f"unknown table {table!r}")
+        with self._lock:
+            return self.connection.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+
+    def attestations(self) -> pd.DataFrame:
+        return self.sql("SELECT * EXCLUDE (canonical) FROM attestations ORDER BY seq")
+
+    def refusals(self) -> pd.DataFrame:
+        return self.sql("SELECT * FROM refusals ORDER BY refused_at")
+
+    def replay_states(self) -> pd.DataFrame:
+        return self.sql("SELECT * FROM replay ORDER BY reserved_at")
+
+    def canonical_attestations(self, where: str = "", params: Sequence[Any] = (), batch: int = 10_000) -> Iterator[str]:
+        """Each attestation's canonical JSON, in audit order, streamed in batches."""
+        with self._lock:
+            cur = self.connection.cursor()
+        try:
+            cur.execute(f"SELECT canonical FROM attestations {where} ORDER BY seq", list(params))
+            while rows := cur.fetchmany(batch):
+                for (text,) in rows:
+                    yield text
+        finally:
+            cur.close()
+
+
+def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    if read_only and not path.exists():
+        raise AuditStoreError("AUD-002", "audit", f"no audit database at {path}")
+    if not read_only:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise AuditStoreError("AUD-004", "audit", f"cannot create {path.parent}: {exc.strerror}") from None
+    try:
+        return duckdb.connect(str(path), read_only=read_only)
+    except duckdb.IOException as exc:
+        text = str(exc)
+        if "lock" in text.lower():
+            pid = _LOCK_PID.search(text)
+            holder = f" (process {pid.group(1)})" if pid else ""
+            raise AuditStoreError(
+                "AUD-001",
+                "audit",
+                f"audit database {path} is in use by another process{holder}. Close that notebook kernel or "
+                "command, or pass another --workspace.",
+            ) from None
+        raise AuditStoreError("AUD-004", "audit", f"cannot open audit database {path}: {text}") from None
+    except duckdb.Error as exc:
+        raise AuditStoreError("AUD-002", "audit", f"{path} is not a usable DuckDB audit database: {exc}") from None
+
+
+def expiry(now: datetime, seconds: float) -> datetime:
+    return _naive_utc(now) + timedelta(seconds=seconds)
+
+
+# -- replay store and recording ---------------------------------------------------------
+# Rows are plain tuples so this layer knows SQL, not the runtime's models.
+
+REFUSAL_COLUMNS = ("refused_at", "code", "stage", "reason", "input_hash", "policyId", "policyVersion", "executionId")
+CONSUMED = ("CONFIRMED", "OVERRIDDEN")
+
+
+def _frame(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> pd.DataFrame:
+    return pd.DataFrame({c: [r[i] for r in rows] for i, c in enumerate(columns)}, columns=list(columns))
+
+
+class _Registered:
+    """Expose DataFrames to SQL under fixed names for one block."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, **frames: pd.DataFrame) -> None:
+        self.con, self.frames = con, frames
+
+    def __enter__(self) -> None:
+        for name, frame in self.frames.items():
+            self.con.register(name, frame)
+
+    def __exit__(self, *exc: object) -> None:
+        for name in self.frames:
+            self.con.unregister(name)
+
+
+def reserve(
+    db: AuditDB,
+    candidates: Sequence[tuple[str, str, tuple[str, str]]],
+    policies: dict[tuple[str, str], tuple[str, str]],
+    refusals: list[tuple],
+    *,
+    now: datetime,
+    ttl: float,
+) -> dict[int, tuple[str, str]]:
+    """Transaction 1: reserve fingerprints, register policies, record refusals.
+
+    ``candidates`` are (fingerprint, executionId, (policyId, policyVersion));
+    ``policies`` maps a policy key to (bundleHash, canonical document).
+    Returns {candidate index: (code, reason)} for the ones refused; their
+    refusals are recorded in the same transaction, as are ``refusals``.
+    """
+    at = _naive_utc(now)
+    refused: dict[int, tuple[str, str]] = {}
+    with db.transaction() as con:
+        changed = _register_policies(con, policies, at)
+        for i, (_, _, key) in enumerate(candidates):
+            if key in changed:
+                refused[i] = changed[key]
+        live = [(i, c) for i, c in enumerate(candidates) if i not in refused]
+        if live:
+            cand = _frame(("i", "execution_fingerprint", "executionId"), [(i, fp, eid) for i, (fp, eid, _) in live])
+            with _Registered(con, cand=cand):
+                seen = con.execute(
+                    "SELECT c.i, r.state, r.expires_at FROM cand c JOIN replay r USING (execution_fingerprint)"
+                ).fetchall()
+                used_ids = con.execute("SELECT c.i FROM cand c JOIN attestations a USING (executionId)").fetchall()
+            for i, state, expires_at in seen:
+                fp = candidates[i][0]
+                if state in CONSUMED:
+                    refused[i] = ("INV-013", f"Replay detected: execution_fingerprint {fp} has already been consumed")
+                elif expires_at is None or expires_at > at:
+                    why = "reserved by an execution in progress" if state == "RESERVED" else "held after a failed attempt"
+                    refused[i] = ("INV-014", f"execution_fingerprint {fp} is {why}; retry after {expires_at:%Y-%m-%dT%H:%M:%SZ}")
+            for (i,) in used_ids:
+                refused.setdefault(i, ("INV-015", f"executionId {candidates[i][1]!r} is already recorded; each execution needs a new id"))
+            ok = [(fp, eid) for i, (fp, eid, _) in live if i not in refused]
+            if ok:
+                rows = _frame(("execution_fingerprint", "executionId"), ok)
+                with _Registered(con, ok_rows=rows):
+                    con.execute(
+                        "INSERT OR REPLACE INTO replay SELECT execution_fingerprint, 'RESERVED', executionId, ?, ?, ? FROM ok_rows",
+                        [at, at + timedelta(seconds=ttl), at],
+                    )
+        for i, (code, reason) in refused.items():
+            fp, eid, (pid, pver) = candidates[i]
+            refusals.append((now, code, "replay" if code.startswith("INV") else "policy", reason, fp, pid, pver, eid))
+        _insert_refusals(con, refusals)
+    return refused
+
+
+def _register_policies(con, policies: dict[tuple[str, str], tuple[str, str]], at: datetime) -> dict:
+    """Record first use of each policy version; refuse one whose bytes changed since."""
+    changed: dict[tuple[str, str], tuple[str, str]] = {}
+    for (pid, pver), (bundle_hash, document) in policies.items():
+        rows = con.execute("SELECT bundleHash FROM policies WHERE policyId = ? AND policyVersion = ?", [pid, pver]).fetchall()
+        row = rows[0] if rows else None
+        if row is None:
+            con.execute("INSERT INTO policies VALUES (?, ?, ?, ?, ?)", [pid, pver, bundle_hash, document, at])
+        elif row[0] != bundle_hash:
+            changed[(pid, pver)] = (
+                "POL-022",
+                f"policy {pid} {pver} changed after it was first used (bundleHash was {row[0]}, now {bundle_hash}); "
+                "published policies are immutable: publish the change as a new version",
+            )
+    return changed
+
+
+def _insert_refusals(con, refusals: list[tuple]) -> None:
+    if not refusals:
+        return
+    rows = [(_naive_utc(r[0]), *r[1:]) for r in refusals]
+    with _Registered(con, new_refusals=_frame(REFUSAL_COLUMNS, rows)):
+        con.execute("INSERT INTO refusals SELECT * FROM new_refusals")
+
+
+def record_refusals(db: AuditDB, refusals: list[tuple]) -> None:
+    """Refusals that happened before any reservation, in one transaction."""
+    if refusals:
+        with db.transaction() as con:
+            _insert_refusals(con, refusals)
+
+
+def confirm(db: AuditDB, attestation_rows: list[tuple], signal_rows: list[tuple], *, now: datetime) -> None:
+    """Transaction 2: record attestations and their signals, mark fingerprints CONFIRMED."""
+    at = _naive_utc(now)
+    with db.transaction() as con:
+        start = con.execute("SELECT coalesce(max(seq), 0) FROM attestations").fetchall()[0][0] + 1
+        rows = [(start + n, *row) for n, row in enumerate(attestation_rows)]
+        atts = _frame(ATTESTATION_COLUMNS, rows)
+        sigs = _frame(("executionId", "signals"), signal_rows)
+        with _Registered(con, new_atts=atts, new_sigs=sigs):
+            con.execute("INSERT INTO attestations SELECT * FROM new_atts")
+            con.execute("INSERT INTO signals SELECT * FROM new_sigs")
+            con.execute(
+                "UPDATE replay SET state = 'CONFIRMED', expires_at = NULL, updated_at = ? "
+                "FROM new_atts WHERE replay.execution_fingerprint = new_atts.execution_fingerprint",
+                [at],
+            )
+
+
+def mark_failed(db: AuditDB, fingerprints: Sequence[str], *, now: datetime, ttl: float) -> None:
+    """Release reservations whose execution failed after reserving; retryable after ``ttl``."""
+    at = _naive_utc(now)
+    with db.transaction() as con:
+        with _Registered(con, failed=_frame(("execution_fingerprint",), [(fp,) for fp in fingerprints])):
+            con.execute(
+                "UPDATE replay SET state = 'FAILED', expires_at = ?, updated_at = ? "
+                "FROM failed WHERE replay.execution_fingerprint = failed.execution_fingerprint AND replay.state = 'RESERVED'",
+                [at + timedelta(seconds=ttl), at],
+            )

@@ -1,0 +1,106 @@
+"""The main job: run every sample request on a fresh workspace and summarise.
+
+Used by ``parmana-lab demo`` and ``make demo``; it calls the same public API a
+notebook user would.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from .attestation import ExecutionAttestation
+from .canonical import parse_json
+from .errors import ParmanaError
+from .runtime import Runtime
+from .workspace import default_policy_dir, default_requests_dir
+
+Printer = Callable[[str], None]
+# Run order: ordinary requests first, then the replay and the invalid ones.
+LAST = ("replayed.json", "invalid.json")
+
+
+class DemoSummary(BaseModel):
+    workspace: str
+    executed: int
+    refused: int
+    actions: dict[str, int]
+    states: dict[str, int]
+    refusal_codes: dict[str, int]
+
+
+def request_files(directory: Path) -> list[Path]:
+    files = sorted(directory.glob("*.json"))
+    return [f for f in files if f.name not in LAST] + [directory / n for n in LAST if (directory / n).exists()]
+
+
+def load_requests(path: Path) -> list:
+    data = parse_json(path.read_bytes())
+    return data if isinstance(data, list) else [data]
+
+
+def run_demo(
+    workspace: str | Path,
+    *,
+    policies: str | Path | None = None,
+    requests: str | Path | None = None,
+    echo: Printer = print,
+) -> DemoSummary:
+    """Recreate ``workspace``, run all sample requests, print a readable summary."""
+    root = Path(workspace)
+    if root.exists():
+        shutil.rmtree(root)
+    policy_dir = Path(policies) if policies else default_policy_dir()
+    request_dir = Path(requests) if requests else default_requests_dir()
+    with Runtime(root, policies=policy_dir) as rt:
+        info = rt.info()
+        echo(f"parmana_lab demo — workspace {root}")
+        echo(f"runtime {info.manifest.runtimeVersion}  runtimeHash {info.runtimeHash[:16]}…  evaluator {info.evaluatorArtifactHash[:16]}…")
+        echo(f"signing key {rt.signer_key_id} (private key 0600 in {rt.workspace.keys_dir})")
+        for item in rt.policies.scan():
+            if isinstance(item, ParmanaError):
+                echo(f"  policy error {item}")
+            else:
+                echo(f"  policy {item.policyId} {item.policyVersion}  bundleHash {item.bundleHash[:16]}…")
+        results: list[ExecutionAttestation | ParmanaError] = []
+        for path in request_files(request_dir):
+            echo(f"\n{path.name}")
+            for result in rt.execute_many(load_requests(path)):
+                results.append(result)
+                echo("  " + describe(result))
+        atts = [r for r in results if isinstance(r, ExecutionAttestation)]
+        refusals = [r for r in results if isinstance(r, ParmanaError)]
+        summary = DemoSummary(
+            workspace=str(root),
+            executed=len(atts),
+            refused=len(refusals),
+            actions=dict(Counter(a.decision.action for a in atts)),
+            states=dict(Counter(a.execution_state for a in atts)),
+            refusal_codes=dict(Counter(r.code for r in refusals)),
+        )
+        echo("\nSummary")
+        echo(f"  executed {summary.executed}, refused {summary.refused}")
+        echo("  decisions: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.actions.items())))
+        echo("  states:    " + ", ".join(f"{k} {v}" for k, v in sorted(summary.states.items())))
+        echo("  refusals:  " + ", ".join(f"{k} {v}" for k, v in sorted(summary.refusal_codes.items())))
+        table = rt.db.sql(
+            "SELECT policyId, policyVersion, decision_action AS action, count(*) AS n "
+            "FROM attestations GROUP BY ALL ORDER BY ALL"
+        )
+        echo(f"\nAudit DB {rt.db.path}: {rt.db.count()} attestations, {rt.db.count('refusals')} refusals")
+        echo(table.to_string(index=False))
+    return summary
+
+
+def describe(result: ExecutionAttestation | ParmanaError) -> str:
+    if isinstance(result, ParmanaError):
+        return f"REFUSED  {result}"
+    d = result.decision
+    return (
+        f"{d.action:<14} {result.execution_state:<16} {result.policyId} {result.policyVersion}  "
+        f"rule {d.ruleId}  fp {result.execution_fingerprint[:12]}…"
+    )

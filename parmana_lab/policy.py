@@ -1,0 +1,326 @@
+"""Policy documents: strict loading, validation (POL-xxx) and discovery.
+
+A policy is data written by people; the runtime only enforces it. Everything
+that can be wrong with one is caught here, at load time, with a code and the
+place in the document, so evaluation itself never meets a surprise.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from .canonical import canonical_hash, parse_json
+from .errors import CanonicalizationError, PolicyError
+
+SUPPORTED_SCHEMA_VERSIONS = ("1.0.0",)
+SIGNAL_TYPES = ("integer", "boolean", "string", "enum")
+COMPARISONS = ("greater_than", "greater_than_or_equal", "less_than", "less_than_or_equal")
+OPERATORS = ("equals", "not_equals", *COMPARISONS, "in")
+COMBINATORS = ("all", "any", "not")
+REQUIRED_FIELDS = ("policyId", "policyVersion", "schemaVersion", "signalsSchema", "rules")
+OPTIONAL_FIELDS = ("description",)
+SEMVER = re.compile(
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
+    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
+)
+IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+POLICY_FILE = "policy.json"
+
+
+class SignalSpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    type: Literal["integer", "boolean", "string", "enum"]
+    values: tuple[str, ...] | None = None
+
+
+class Outcome(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    action: str
+    requires_override: bool
+    reason: str
+
+
+class Rule(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    id: str
+    condition: dict[str, Any]
+    outcome: Outcome
+
+
+class PolicyIssue(BaseModel):
+    """A load-time finding that does not stop the policy from loading."""
+
+    model_config = ConfigDict(frozen=True)
+    code: str
+    reason: str
+
+
+class Policy(BaseModel):
+    """A validated policy. ``document`` is the exact JSON the bundleHash covers."""
+
+    model_config = ConfigDict(frozen=True)
+    policyId: str
+    policyVersion: str
+    schemaVersion: str
+    signalsSchema: dict[str, SignalSpec]
+    rules: tuple[Rule, ...]
+    bundleHash: str
+    document: dict[str, Any] = Field(repr=False)
+    warnings: tuple[PolicyIssue, ...] = ()
+    source: str | None = None
+    _compiled: Any = PrivateAttr(default=None)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.policyId, self.policyVersion)
+
+    def _repr_html_(self) -> str:
+        from ._html import policy_html
+
+        return policy_html(self)
+
+
+# -- validation ----------------------------------------------------------------
+
+def _fail(code: str, reason: str, where: str | None) -> PolicyError:
+    prefix = f"{where}: " if where else ""
+    return PolicyError(code, "policy", prefix + reason)
+
+
+def parse_policy(document: Any, *, source: str | None = None) -> Policy:
+    """Validate a policy document (already parsed JSON) and return a Policy."""
+    where = source
+    if not isinstance(document, dict):
+        raise _fail("POL-002", "a policy must be a JSON object", where)
+    for name in REQUIRED_FIELDS:
+        if name not in document:
+            raise _fail("POL-003", f"required field {name!r} is missing", where)
+    for name in document:
+        if name not in REQUIRED_FIELDS and name not in OPTIONAL_FIELDS:
+            raise _fail("POL-008", f"unknown top-level field {name!r}", where)
+    pid, pver, schema_version = document["policyId"], document["policyVersion"], document["schemaVersion"]
+    if not isinstance(pid, str) or not IDENTIFIER.match(pid):
+        raise _fail("POL-007", f"policyId {pid!r} must be 1-128 characters of letters, digits, '.', '_' or '-'", where)
+    if not isinstance(pver, str) or not SEMVER.match(pver):
+        raise _fail("POL-007", f"policyVersion {pver!r} is not a semantic version like 1.0.0", where)
+    if schema_version not in SUPPORTED_SCHEMA_VERSIONS:
+        raise _fail(
+            "POL-004", f"schemaVersion {schema_version!r} is not supported (supported: {', '.join(SUPPORTED_SCHEMA_VERSIONS)})", where
+        )
+    if "description" in document and not isinstance(document["description"], str):
+        raise _fail("POL-008", "description must be a string", where)
+    schema = _parse_signals_schema(document["signalsSchema"], where)
+    rules, warnings = _parse_rules(document["rules"], schema, where)
+    try:
+        bundle_hash = canonical_hash(document)
+    except CanonicalizationError as exc:
+        raise _fail("POL-002", f"policy has no canonical form: {exc.reason}", where) from None
+    return Policy(
+        policyId=pid,
+        policyVersion=pver,
+        schemaVersion=schema_version,
+        signalsSchema=schema,
+        rules=rules,
+        bundleHash=bundle_hash,
+        document=document,
+        warnings=warnings,
+        source=source,
+    )
+
+
+def _parse_signals_schema(raw: Any, where: str | None) -> dict[str, SignalSpec]:
+    if not isinstance(raw, dict) or not raw:
+        raise _fail("POL-008", "signalsSchema must be a non-empty object of signal name -> {type}", where)
+    schema: dict[str, SignalSpec] = {}
+    for name, spec in raw.items():
+        at = f"signalsSchema.{name}"
+        if not IDENTIFIER.match(name):
+            raise _fail("POL-008", f"{at}: signal names are letters, digits, '.', '_' or '-'", where)
+        if not isinstance(spec, dict) or "type" not in spec:
+            raise _fail("POL-009", f"{at} must be an object with a 'type'", where)
+        extra = set(spec) - {"type", "values"}
+        if extra:
+            raise _fail("POL-008", f"{at}: unknown field(s) {sorted(extra)}", where)
+        kind = spec["type"]
+        if kind not in SIGNAL_TYPES:
+            raise _fail("POL-009", f"{at}: type {kind!r} is not one of {', '.join(SIGNAL_TYPES)}", where)
+        values = spec.get("values")
+        if kind == "enum":
+            if (
+                not isinstance(values, list)
+                or not values
+                or not all(isinstance(v, str) for v in values)
+                or len(set(values)) != len(values)
+            ):
+                raise _fail("POL-010", f"{at}: an enum needs 'values', a non-empty list of distinct strings", where)
+            schema[name] = SignalSpec(type="enum", values=tuple(values))
+        else:
+            if values is not None:
+                raise _fail("POL-008", f"{at}: only enum signals take 'values'", where)
+            schema[name] = SignalSpec(type=kind)
+    return schema
+
+
+def _parse_rules(raw: Any, schema: dict[str, SignalSpec], where: str | None):
+    if not isinstance(raw, list) or not raw:
+        raise _fail("POL-016", "rules must be a non-empty list", where)
+    rules: list[Rule] = []
+    seen: set[str] = set()
+    catch_all = False
+    for i, rule in enumerate(raw):
+        at = f"rules[{i}]"
+        if not isinstance(rule, dict):
+            raise _fail("POL-008", f"{at} must be an object", where)
+        for name in ("id", "condition", "outcome"):
+            if name not in rule:
+                raise _fail("POL-003", f"{at}: required field {name!r} is missing", where)
+        extra = set(rule) - {"id", "condition", "outcome"}
+        if extra:
+            raise _fail("POL-008", f"{at}: unknown field(s) {sorted(extra)}", where)
+        rid = rule["id"]
+        if not isinstance(rid, str) or not IDENTIFIER.match(rid):
+            raise _fail("POL-008", f"{at}: id must be a non-empty identifier string", where)
+        if rid in seen:
+            raise _fail("POL-020", f"rule id {rid!r} is used twice; rule ids must be unique", where)
+        seen.add(rid)
+        check_condition(rule["condition"], schema, f"{at}.condition", where)
+        if rule["condition"] == {"all": []}:
+            catch_all = True
+        rules.append(Rule(id=rid, condition=rule["condition"], outcome=_parse_outcome(rule["outcome"], f"{at}.outcome", where)))
+    warnings = () if catch_all else (
+        PolicyIssue(code="POL-021", reason="no catch-all rule {\"all\": []}: inputs no rule matches are refused (SYS-006)"),
+    )
+    return tuple(rules), warnings
+
+
+def _parse_outcome(raw: Any, at: str, where: str | None) -> Outcome:
+    if not isinstance(raw, dict) or set(raw) != {"action", "requires_override", "reason"}:
+        raise _fail("POL-015", f"{at} must be exactly {{action, requires_override, reason}}", where)
+    action, override, reason = raw["action"], raw["requires_override"], raw["reason"]
+    if not isinstance(action, str) or not action or not isinstance(reason, str) or type(override) is not bool:
+        raise _fail("POL-015", f"{at}: action and reason are non-empty strings, requires_override a boolean", where)
+    return Outcome(action=action, requires_override=override, reason=reason)
+
+
+def check_condition(cond: Any, schema: dict[str, SignalSpec], at: str, where: str | None) -> None:
+    """Refuse any condition evaluation could not decide exactly."""
+    if not isinstance(cond, dict) or not cond:
+        raise _fail("POL-011", f"{at} must be a non-empty object", where)
+    if "signal" not in cond:
+        if len(cond) != 1:
+            raise _fail("POL-011", f"{at}: a combinator has exactly one key of all / any / not", where)
+        (op, arg), = cond.items()
+        if op in ("all", "any"):
+            if not isinstance(arg, list):
+                raise _fail("POL-011", f"{at}.{op} must be a list of conditions", where)
+            for j, sub in enumerate(arg):
+                check_condition(sub, schema, f"{at}.{op}[{j}]", where)
+        elif op == "not":
+            check_condition(arg, schema, f"{at}.not", where)
+        else:
+            raise _fail("POL-013", f"{at}: unknown combinator {op!r} (use all, any, not, or a signal leaf)", where)
+        return
+    name = cond["signal"]
+    if not isinstance(name, str) or name not in schema:
+        raise _fail("POL-012", f"{at}: signal {name!r} is not declared in signalsSchema", where)
+    ops = [k for k in cond if k != "signal"]
+    if len(ops) != 1:
+        raise _fail("POL-011", f"{at}: a leaf has 'signal' and exactly one operator", where)
+    op = ops[0]
+    if op not in OPERATORS:
+        raise _fail("POL-013", f"{at}: unknown operator {op!r} (known: {', '.join(OPERATORS)})", where)
+    spec, literal = schema[name], cond[op]
+    if op == "in":
+        if not isinstance(literal, list) or not literal:
+            raise _fail("POL-014", f"{at}: 'in' takes a non-empty list", where)
+        for item in literal:
+            _check_literal(item, spec, name, at, where)
+        return
+    if op in COMPARISONS and spec.type != "integer":
+        raise _fail("POL-014", f"{at}: {op} needs an integer signal, {name!r} is {spec.type}", where)
+    _check_literal(literal, spec, name, at, where)
+
+
+def _check_literal(value: Any, spec: SignalSpec, name: str, at: str, where: str | None) -> None:
+    ok = {
+        "integer": type(value) is int,
+        "boolean": type(value) is bool,
+        "string": type(value) is str,
+        "enum": type(value) is str and value in (spec.values or ()),
+    }[spec.type]
+    if not ok:
+        expected = f"one of {list(spec.values or ())}" if spec.type == "enum" else f"a {spec.type}"
+        raise _fail("POL-014", f"{at}: literal {value!r} does not fit signal {name!r}, which takes {expected}", where)
+
+
+# -- files and discovery ---------------------------------------------------------
+
+def load_policy_file(path: str | Path, *, check_location: bool = True) -> Policy:
+    """Load ``.../{policyId}/{policyVersion}/policy.json`` and check it matches its folder."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise _fail("POL-001", f"cannot read policy file: {exc.strerror}", str(path)) from None
+    try:
+        document = parse_json(data)
+    except CanonicalizationError as exc:
+        raise _fail("POL-002", exc.reason, str(path)) from None
+    policy = parse_policy(document, source=str(path))
+    if check_location:
+        if policy.policyId != path.parent.parent.name:
+            raise _fail("POL-005", f"policyId {policy.policyId!r} does not match its folder {path.parent.parent.name!r}", str(path))
+        if policy.policyVersion != path.parent.name:
+            raise _fail("POL-006", f"policyVersion {policy.policyVersion!r} does not match its folder {path.parent.name!r}", str(path))
+    return policy
+
+
+class PolicyStore:
+    """Policies under ``root/{policyId}/{policyVersion}/policy.json``, loaded once each."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self._cache: dict[tuple[str, str], Policy] = {}
+
+    def __repr__(self) -> str:
+        return f"PolicyStore({str(self.root)!r})"
+
+    def get(self, policy_id: str, policy_version: str) -> Policy:
+        key = (policy_id, policy_version)
+        policy = self._cache.get(key)
+        if policy is None:
+            if not (IDENTIFIER.match(policy_id) and SEMVER.match(policy_version)):
+                raise PolicyError("POL-001", "policy", f"no policy {policy_id!r} version {policy_version!r}")
+            path = self.root / policy_id / policy_version / POLICY_FILE
+            if not path.is_file():
+                known = ", ".join(self.versions(policy_id)) or "none"
+                raise PolicyError(
+                    "POL-001", "policy", f"no policy {policy_id!r} version {policy_version!r} in {self.root} (versions found: {known})"
+                )
+            policy = self._cache[key] = load_policy_file(path)
+        return policy
+
+    def versions(self, policy_id: str) -> list[str]:
+        folder = self.root / policy_id
+        return sorted(p.parent.name for p in folder.glob(f"*/{POLICY_FILE}")) if folder.is_dir() else []
+
+    def paths(self) -> Iterator[Path]:
+        yield from sorted(self.root.glob(f"*/*/{POLICY_FILE}"))
+
+    def scan(self) -> list[Policy | PolicyError]:
+        """Every policy file found, loaded or with the error that stops it."""
+        out: list[Policy | PolicyError] = []
+        for path in self.paths():
+            try:
+                policy = load_policy_file(path)
+                self._cache.setdefault(policy.key, policy)
+                out.append(policy)
+            except PolicyError as exc:
+                out.append(exc)
+        return out

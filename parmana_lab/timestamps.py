@@ -1,0 +1,28 @@
+"""The one timestamp form on the wire: UTC, millisecond precision, ``Z``."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+Clock = Callable[[], datetime]
+TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+
+
+def system_clock() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def format_ts(moment: datetime) -> str:
+    """``YYYY-MM-DDTHH:MM:SS.mmmZ``; naive datetimes are taken as UTC."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def parse_ts(text: str) -> datetime:
+    """Inverse of format_ts; ValueError for any other form."""
+    if not isinstance(text, str) or not TIMESTAMP.match(text):
+        raise ValueError(f"{text!r} is not a UTC timestamp like 2026-01-31T12:00:00.000Z")
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)

@@ -1,0 +1,130 @@
+"""Strict validation of execution requests and their signals (VAL-xxx).
+
+Signals decide outcomes, so nothing is coerced: an integer is never a bool,
+a float or a numeric string, a boolean is never 1 or "true". Problems are
+reported in a fixed order (request shape, undeclared, missing, then types by
+signal name) so the same bad input always gets the same refusal.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from .canonical import MAX_SAFE_INTEGER, canonicalize, parse_json
+from .errors import CanonicalizationError, RequestError
+from .policy import Policy
+
+MAX_REQUEST_BYTES = 64 * 1024
+MAX_EXECUTION_ID = 128
+REQUEST_FIELDS = frozenset({"policyId", "policyVersion", "signals", "executionId"})
+
+
+class ExecutionRequest(BaseModel):
+    """A request that passed the shape checks (its signals are checked against the policy later)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    policyId: str
+    policyVersion: str
+    signals: dict[str, Any]
+    executionId: str
+
+
+def _refuse(code: str, reason: str) -> RequestError:
+    return RequestError(code, "validate", reason)
+
+
+def parse_request(raw: Any, *, new_id=uuid.uuid4) -> ExecutionRequest:
+    """Check a request's shape and size; bytes/str are parsed as JSON first.
+
+    ``new_id`` makes the executionId for requests that bring none.
+    """
+    if isinstance(raw, (bytes, bytearray, str)):
+        size = len(raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw)
+        if size > MAX_REQUEST_BYTES:
+            raise _refuse("VAL-005", f"request is {size} bytes; the limit is {MAX_REQUEST_BYTES}")
+        try:
+            raw = parse_json(raw)
+        except CanonicalizationError as exc:
+            raise _refuse("VAL-001", f"request is not usable JSON: {exc.reason}") from None
+    if isinstance(raw, ExecutionRequest):
+        raw = raw.model_dump()
+    if type(raw) is not dict:
+        raise _refuse("VAL-001", f"a request is a JSON object, not {_json_type(raw)}")
+    extra = raw.keys() - REQUEST_FIELDS
+    if extra:
+        raise _refuse("VAL-002", f"unknown request field(s) {sorted(extra)}; allowed: {sorted(REQUEST_FIELDS)}")
+    for name in ("policyId", "policyVersion", "signals"):
+        if name not in raw:
+            raise _refuse("VAL-002", f"request field {name!r} is missing")
+    pid, pver, signals = raw["policyId"], raw["policyVersion"], raw["signals"]
+    if type(pid) is not str or not pid or type(pver) is not str or not pver:
+        raise _refuse("VAL-002", "policyId and policyVersion must be non-empty strings")
+    if type(signals) is not dict:
+        raise _refuse("VAL-002", f"signals must be a JSON object, not {_json_type(signals)}")
+    execution_id = raw.get("executionId")
+    if execution_id is None:
+        execution_id = str(new_id())
+    elif (
+        type(execution_id) is not str
+        or not 0 < len(execution_id) <= MAX_EXECUTION_ID
+        or not execution_id.isprintable()
+    ):
+        raise _refuse("VAL-002", f"executionId must be 1-{MAX_EXECUTION_ID} printable characters")
+    request = {"policyId": pid, "policyVersion": pver, "signals": signals, "executionId": execution_id}
+    try:
+        size = len(canonicalize(request))
+    except CanonicalizationError as exc:
+        raise _refuse("VAL-001", f"request has no canonical JSON form: {exc.reason}") from None
+    if size > MAX_REQUEST_BYTES:
+        raise _refuse("VAL-005", f"request is {size} bytes canonicalized; the limit is {MAX_REQUEST_BYTES}")
+    return ExecutionRequest.model_construct(**request)
+
+
+def validate_signals(signals: dict[str, Any], policy: Policy) -> None:
+    """Refuse signals that do not match the policy's signalsSchema exactly."""
+    schema = policy.signalsSchema
+    if signals.keys() != schema.keys():
+        undeclared = sorted(signals.keys() - schema.keys())
+        if undeclared:
+            raise _refuse(
+                "VAL-003",
+                f"signal {undeclared[0]!r} is not declared by {policy.policyId} {policy.policyVersion} "
+                f"(declared: {', '.join(sorted(schema))})",
+            )
+        missing = sorted(schema.keys() - signals.keys())
+        raise _refuse("VAL-004", f"declared signal {missing[0]!r} is missing")
+    for name in sorted(schema) if len(schema) > 1 else schema:
+        spec, value = schema[name], signals[name]
+        kind, tv = spec.type, type(value)
+        if kind == "integer":
+            if tv is not int:
+                hint = " (floats are refused: use a scaled integer, e.g. cents)" if tv is float else ""
+                raise _refuse("VAL-007", f"signal {name!r} must be an integer, got {_json_type(value)} {_show(value)}{hint}")
+            if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+                raise _refuse("VAL-010", f"signal {name!r} = {value} is outside the safe integer range ±{MAX_SAFE_INTEGER}")
+        elif kind == "boolean":
+            if tv is not bool:
+                raise _refuse("VAL-006", f"signal {name!r} must be a boolean, got {_json_type(value)} {_show(value)}")
+        elif kind == "string":
+            if tv is not str:
+                raise _refuse("VAL-008", f"signal {name!r} must be a string, got {_json_type(value)} {_show(value)}")
+        elif tv is not str:
+            raise _refuse("VAL-009", f"signal {name!r} must be one of the strings {list(spec.values or ())}, got {_json_type(value)}")
+        elif value not in (spec.values or ()):
+            raise _refuse("VAL-011", f"signal {name!r} = {value!r} is not allowed (allowed: {', '.join(spec.values or ())})")
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "boolean", int: "integer", float: "float", str: "string", list: "array", dict: "object"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
