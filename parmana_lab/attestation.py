@@ -115,10 +115,44 @@ class ExecutionAttestation(BaseModel):
 
         return attestation_html(self)
 
+    @classmethod
+    def _trusted(cls, body: dict[str, Any], decision: Decision) -> ExecutionAttestation:
+        """Wrap a body the runtime itself just built and signed, skipping validation.
+
+        What pydantic's model_construct does, minus its per-field bookkeeping,
+        which costs more than signing on the execute_many hot path. Tests check
+        the result equals a fully validated model.
+        """
+        m = cls.__new__(cls)
+        object.__setattr__(m, "__dict__", {**body, "decision": decision})
+        object.__setattr__(m, "__pydantic_fields_set__", set(_FIELD_SET))
+        object.__setattr__(m, "__pydantic_extra__", None)
+        object.__setattr__(m, "__pydantic_private__", None)
+        return m
+
+
+_FIELD_SET = frozenset(FIELDS)
+_BODY_KEYS = _FIELD_SET - {"signature"}
+
 
 def sign_body(body: dict[str, Any], key: SigningKey) -> str:
     """Base64 (standard, padded) Ed25519 signature over the body's PAE."""
-    return base64.b64encode(key.sign(signing_message(body))).decode("ascii")
+    return seal(body, key)[0]
+
+
+def seal(body: dict[str, Any], key: SigningKey) -> tuple[str, bytes]:
+    """Sign a body; return (signature, JCS bytes of the whole signed attestation).
+
+    "signature" sorts right before "signerKeyId", the body's last key, so the
+    signed attestation's canonical form is the payload with one member spliced
+    in; a ``,"`` never occurs inside a JCS string, so the cut point is exact.
+    """
+    payload = canonicalize(body)
+    signature = base64.b64encode(key.sign(_PAE_PREFIX + b"%d " % len(payload) + payload)).decode("ascii")
+    if body.keys() != _BODY_KEYS:
+        return signature, canonicalize({**body, "signature": signature})
+    cut = payload.rindex(b',"signerKeyId":')
+    return signature, b'%s,"signature":"%s"%s' % (payload[:cut], signature.encode("ascii"), payload[cut:])
 
 
 def _verify_key(public_key: Any) -> nacl.signing.VerifyKey:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 from .errors import AuditStoreError
@@ -72,8 +73,9 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
             signature VARCHAR NOT NULL,
             canonical VARCHAR NOT NULL
         );
+        -- one row per attestation, written in the same transaction (its uniqueness is the attestations key's)
         CREATE TABLE signals (
-            executionId VARCHAR PRIMARY KEY,
+            executionId VARCHAR NOT NULL,
             signals VARCHAR NOT NULL
         );
         CREATE TABLE replay (
@@ -274,14 +276,14 @@ REFUSAL_COLUMNS = ("refused_at", "code", "stage", "reason", "input_hash", "polic
 CONSUMED = ("CONFIRMED", "OVERRIDDEN")
 
 
-def _frame(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> pd.DataFrame:
-    return pd.DataFrame({c: [r[i] for r in rows] for i, c in enumerate(columns)}, columns=list(columns))
+def _frame(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> dict[str, np.ndarray]:
+    return {c: _column([r[i] for r in rows]) for i, c in enumerate(columns)}
 
 
 class _Registered:
-    """Expose DataFrames to SQL under fixed names for one block."""
+    """Expose column dicts to SQL under fixed names for one block."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, **frames: pd.DataFrame) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection, **frames: dict[str, np.ndarray]) -> None:
         self.con, self.frames = con, frames
 
     def __enter__(self) -> None:
@@ -310,40 +312,40 @@ def reserve(
     refusals are recorded in the same transaction, as are ``refusals``.
     """
     at = _naive_utc(now)
-    refused: dict[int, tuple[str, str]] = {}
+    fps, ids, keys = zip(*candidates) if candidates else ((), (), ())
+    cand = {"i": np.arange(len(fps), dtype=np.int64), "execution_fingerprint": _column(list(fps)), "executionId": _column(list(ids))}
     with db.transaction() as con:
         changed = _register_policies(con, policies, at)
-        for i, (_, _, key) in enumerate(candidates):
-            if key in changed:
-                refused[i] = changed[key]
-        live = [(i, c) for i, c in enumerate(candidates) if i not in refused]
-        if live:
-            cand = _frame(("i", "execution_fingerprint", "executionId"), [(i, fp, eid) for i, (fp, eid, _) in live])
-            with _Registered(con, cand=cand):
-                seen = con.execute(
-                    "SELECT c.i, r.state, r.expires_at FROM cand c JOIN replay r USING (execution_fingerprint)"
-                ).fetchall()
-                used_ids = con.execute("SELECT c.i FROM cand c JOIN attestations a USING (executionId)").fetchall()
+        refused = {i: changed[key] for i, key in enumerate(keys) if key in changed} if changed else {}
+        with _Registered(con, cand=cand):
+            seen = con.execute(
+                "SELECT c.i, r.state, r.expires_at FROM cand c JOIN replay r USING (execution_fingerprint)"
+            ).fetchall()
+            used_ids = con.execute("SELECT c.i FROM cand c JOIN attestations a USING (executionId)").fetchall()
             for i, state, expires_at in seen:
-                fp = candidates[i][0]
                 if state in CONSUMED:
-                    refused[i] = ("INV-013", f"Replay detected: execution_fingerprint {fp} has already been consumed")
+                    refused.setdefault(i, ("INV-013", f"Replay detected: execution_fingerprint {fps[i]} has already been consumed"))
                 elif expires_at is None or expires_at > at:
                     why = "reserved by an execution in progress" if state == "RESERVED" else "held after a failed attempt"
-                    refused[i] = ("INV-014", f"execution_fingerprint {fp} is {why}; retry after {expires_at:%Y-%m-%dT%H:%M:%SZ}")
-            for (i,) in used_ids:
-                refused.setdefault(i, ("INV-015", f"executionId {candidates[i][1]!r} is already recorded; each execution needs a new id"))
-            ok = [(fp, eid) for i, (fp, eid, _) in live if i not in refused]
-            if ok:
-                rows = _frame(("execution_fingerprint", "executionId"), ok)
-                with _Registered(con, ok_rows=rows):
-                    con.execute(
-                        "INSERT OR REPLACE INTO replay SELECT execution_fingerprint, 'RESERVED', executionId, ?, ?, ? FROM ok_rows",
-                        [at, at + timedelta(seconds=ttl), at],
+                    refused.setdefault(
+                        i, ("INV-014", f"execution_fingerprint {fps[i]} is {why}; retry after {expires_at:%Y-%m-%dT%H:%M:%SZ}")
                     )
+            for (i,) in used_ids:
+                refused.setdefault(i, ("INV-015", f"executionId {ids[i]!r} is already recorded; each execution needs a new id"))
+            stale = {i for i, _, _ in seen} - refused.keys()  # expired or failed: replaced
+            insert = "INSERT {}INTO replay SELECT execution_fingerprint, 'RESERVED', executionId, ?, ?, ? FROM cand"
+            times = [at, at + timedelta(seconds=ttl), at]
+            if not refused and not stale:
+                con.execute(insert.format(""), times)
+            else:
+                fresh = [i for i in range(len(fps)) if i not in refused and i not in stale]
+                for picked, verb in ((fresh, ""), (sorted(stale), "OR REPLACE ")):
+                    if picked:
+                        with _Registered(con, pick={"i": np.array(picked, dtype=np.int64)}):
+                            con.execute(insert.format(verb) + " SEMI JOIN pick USING (i)", times)
         for i, (code, reason) in refused.items():
-            fp, eid, (pid, pver) = candidates[i]
-            refusals.append((now, code, "replay" if code.startswith("INV") else "policy", reason, fp, pid, pver, eid))
+            pid, pver = keys[i]
+            refusals.append((now, code, "replay" if code.startswith("INV") else "policy", reason, fps[i], pid, pver, ids[i]))
         _insert_refusals(con, refusals)
     return refused
 
@@ -380,22 +382,53 @@ def record_refusals(db: AuditDB, refusals: list[tuple]) -> None:
             _insert_refusals(con, refusals)
 
 
-def confirm(db: AuditDB, attestation_rows: list[tuple], signal_rows: list[tuple], *, now: datetime) -> None:
-    """Transaction 2: record attestations and their signals, mark fingerprints CONFIRMED."""
+def confirm(db: AuditDB, templates: list[dict[str, Any]], rows: list[tuple], *, now: datetime) -> None:
+    """Transaction 2: record attestations and their signals, mark fingerprints CONFIRMED.
+
+    Fields shared by many attestations (policy, runtime, decision, key) come
+    once per ``templates`` entry; each row of ``rows`` is (template index,
+    executionId, execution_fingerprint, signalsHash, issuedAt, signature,
+    canonical attestation, canonical signals).
+    """
     at = _naive_utc(now)
+    shared = {
+        "tpl": np.arange(len(templates), dtype=np.int64),
+        **{name: _column([t[name] for t in templates]) for name in _SHARED_FIELDS},
+        **{f"decision_{name}": _column([t["decision"][name] for t in templates]) for name in _DECISION_FIELDS},
+    }
+    columns = [_column(list(c)) for c in zip(*rows)]
     with db.transaction() as con:
         start = con.execute("SELECT coalesce(max(seq), 0) FROM attestations").fetchall()[0][0] + 1
-        rows = [(start + n, *row) for n, row in enumerate(attestation_rows)]
-        atts = _frame(ATTESTATION_COLUMNS, rows)
-        sigs = _frame(("executionId", "signals"), signal_rows)
-        with _Registered(con, new_atts=atts, new_sigs=sigs):
-            con.execute("INSERT INTO attestations SELECT * FROM new_atts")
-            con.execute("INSERT INTO signals SELECT * FROM new_sigs")
+        new_rows = {"seq": np.arange(start, start + len(rows), dtype=np.int64), **dict(zip(_ROW_FIELDS, columns))}
+        with _Registered(con, new_rows=new_rows, templates=shared):
+            con.execute(
+                f"INSERT INTO attestations SELECT {', '.join(_select_column(c) for c in ATTESTATION_COLUMNS)} "
+                "FROM new_rows n JOIN templates t USING (tpl)"
+            )
+            con.execute("INSERT INTO signals SELECT executionId, signals FROM new_rows")
             con.execute(
                 "UPDATE replay SET state = 'CONFIRMED', expires_at = NULL, updated_at = ? "
-                "FROM new_atts WHERE replay.execution_fingerprint = new_atts.execution_fingerprint",
+                "FROM new_rows WHERE replay.execution_fingerprint = new_rows.execution_fingerprint",
                 [at],
             )
+
+
+_DECISION_FIELDS = ("action", "requires_override", "reason", "ruleId")
+_ROW_FIELDS = ("tpl", "executionId", "execution_fingerprint", "signalsHash", "issuedAt", "signature", "canonical", "signals")
+_SHARED_FIELDS = tuple(
+    c for c in ATTESTATION_COLUMNS if c not in _ROW_FIELDS and c != "seq" and not c.startswith("decision_")
+)
+
+
+def _select_column(name: str) -> str:
+    return f"n.{name}" if name in _ROW_FIELDS or name == "seq" else f"t.{name}"
+
+
+def _column(values: list[Any]) -> np.ndarray:
+    """A column for DuckDB's numpy scan (object arrays convert faster than pandas strings)."""
+    if values and type(values[0]) is bool:
+        return np.array(values, dtype=bool)
+    return np.array(values, dtype=object)
 
 
 def mark_failed(db: AuditDB, fingerprints: Sequence[str], *, now: datetime, ttl: float) -> None:

@@ -49,6 +49,28 @@ def canonical_hash(value: Any) -> str:
     return hashlib.sha256(canonicalize(value)).hexdigest()
 
 
+def fingerprint_payload(policy_id: str, policy_version: str, signals_jcs: bytes) -> bytes:
+    """JCS({"policyId", "policyVersion", "signals"}) assembled from already canonical signals.
+
+    The three keys already sort in this order, so concatenation is the JCS
+    form; it spares canonicalizing the signals a second time on the hot path.
+    """
+    return b'{"policyId":%s,"policyVersion":%s,"signals":%s}' % (quote(policy_id), quote(policy_version), signals_jcs)
+
+
+def quote(text: str) -> bytes:
+    """JCS form of one string (orjson escapes exactly as RFC 8785 requires)."""
+    try:
+        return orjson.dumps(text)
+    except TypeError:
+        raise CanonicalizationError("value contains a lone surrogate, which is not valid Unicode") from None
+
+
+def execution_fingerprint(policy_id: str, policy_version: str, signals: dict[str, Any]) -> str:
+    """sha256(JCS({"policyId", "policyVersion", "signals"})): the replay key."""
+    return sha256_hex(fingerprint_payload(policy_id, policy_version, canonicalize(signals)))
+
+
 # -- fast path ---------------------------------------------------------------
 
 def _fast_path_ok(o: Any) -> bool:

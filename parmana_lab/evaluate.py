@@ -1,7 +1,8 @@
 """Deterministic evaluation: the ordered rules of a policy, first match wins.
 
-Pure functions only: no clock, no randomness, no I/O. Conditions are compiled
-once per policy into closures, so evaluating is a handful of comparisons.
+Pure functions only: no clock, no randomness, no I/O. A policy's rules are
+compiled once into a single Python function, so evaluating is one call and a
+handful of comparisons.
 """
 
 from __future__ import annotations
@@ -13,9 +14,6 @@ from pydantic import BaseModel, ConfigDict
 
 from .errors import EvaluationError
 from .policy import Policy
-
-Predicate = Callable[[dict[str, Any]], bool]
-
 
 class Decision(BaseModel):
     """The matched rule's outcome plus its ruleId."""
@@ -33,53 +31,70 @@ class Decision(BaseModel):
 
 def evaluate(policy: Policy, signals: dict[str, Any]) -> Decision:
     """Decide on already validated signals; SYS-006 when no rule matches."""
-    for predicate, decision in _compiled(policy):
-        if predicate(signals):
-            return decision
-    raise EvaluationError(
-        "SYS-006",
-        "execute",
-        f"no rule of {policy.policyId} {policy.policyVersion} matched these signals; refusing to decide (fail closed)",
-    )
-
-
-def _compiled(policy: Policy) -> tuple[tuple[Predicate, Decision], ...]:
-    compiled = policy._compiled
-    if compiled is None:
-        compiled = tuple(
-            (compile_condition(rule.condition), Decision(ruleId=rule.id, **rule.outcome.model_dump()))
-            for rule in policy.rules
+    decide, decisions = _compiled(policy)
+    index = decide(signals)
+    if index < 0:
+        raise EvaluationError(
+            "SYS-006",
+            "execute",
+            f"no rule of {policy.policyId} {policy.policyVersion} matched these signals; refusing to decide (fail closed)",
         )
-        policy._compiled = compiled
+    return decisions[index]
+
+
+def _compiled(policy: Policy) -> tuple[Callable[[dict[str, Any]], int], tuple[Decision, ...]]:
+    # Cached on the (frozen) policy the way functools.cached_property caches:
+    # in its __dict__, which a plain attribute read finds at dict speed.
+    compiled = policy.__dict__.get("_evaluator")
+    if compiled is None:
+        compiled = policy.__dict__["_evaluator"] = (
+            compile_rules([rule.condition for rule in policy.rules]),
+            tuple(Decision(ruleId=rule.id, **rule.outcome.model_dump()) for rule in policy.rules),
+        )
     return compiled
 
 
-def compile_condition(cond: dict[str, Any]) -> Predicate:
-    """Turn a validated condition (see policy.check_condition) into a predicate."""
+_PYTHON_OPS = {
+    "equals": "==",
+    "not_equals": "!=",
+    "greater_than": ">",
+    "greater_than_or_equal": ">=",
+    "less_than": "<",
+    "less_than_or_equal": "<=",
+    "in": "in",
+}
+
+
+def compile_rules(conditions: list[dict[str, Any]]) -> Callable[[dict[str, Any]], int]:
+    """One Python function returning the index of the first matching condition, or -1.
+
+    Conditions (validated by policy.check_condition, depth-limited) become a
+    chain of ``if`` tests. Signal names and literals never enter the source:
+    they are read from the constant tuple ``K`` by index, so nothing a policy
+    says can change what the generated code does beyond its comparisons.
+    """
+    consts: list[Any] = []
+    lines = ["def decide(s):"]
+    for i, cond in enumerate(conditions):
+        lines.append(f"    if {_expr(cond, consts)}: return {i}")
+    lines.append("    return -1")
+    namespace: dict[str, Any] = {"K": tuple(consts)}
+    exec(compile("\n".join(lines), "<policy>", "exec"), namespace)  # noqa: S102 - source built above from indices only
+    return namespace["decide"]
+
+
+def _expr(cond: dict[str, Any], consts: list[Any]) -> str:
     if "signal" not in cond:
         (op, arg), = cond.items()
         if op == "not":
-            inner = compile_condition(arg)
-            return lambda s: not inner(s)
-        subs = tuple(compile_condition(c) for c in arg)
-        if op == "all":
-            return lambda s: all(f(s) for f in subs) if subs else True
-        return lambda s: any(f(s) for f in subs)
-    name = cond["signal"]
-    (op, lit), = ((k, v) for k, v in cond.items() if k != "signal")
-    if op == "equals":
-        return lambda s: s[name] == lit
-    if op == "not_equals":
-        return lambda s: s[name] != lit
-    if op == "greater_than":
-        return lambda s: s[name] > lit
-    if op == "greater_than_or_equal":
-        return lambda s: s[name] >= lit
-    if op == "less_than":
-        return lambda s: s[name] < lit
-    if op == "less_than_or_equal":
-        return lambda s: s[name] <= lit
+            return f"(not {_expr(arg, consts)})"
+        parts = [_expr(c, consts) for c in arg]
+        if not parts:
+            return "True" if op == "all" else "False"
+        return "(" + (" and " if op == "all" else " or ").join(parts) + ")"
+    (op, literal), = ((k, v) for k, v in cond.items() if k != "signal")
     if op == "in":
-        members = tuple(lit)
-        return lambda s: s[name] in members
-    raise ValueError(f"unvalidated operator {op!r}")  # policy.check_condition rules this out
+        literal = tuple(literal)
+    consts.append(cond["signal"])
+    consts.append(literal)
+    return f"(s[K[{len(consts) - 2}]] {_PYTHON_OPS[op]} K[{len(consts) - 1}])"

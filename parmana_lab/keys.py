@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
-import nacl.exceptions
+import nacl.bindings
 import nacl.signing
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -82,7 +82,8 @@ class SigningKey:
         )
 
     def sign(self, message: bytes) -> bytes:
-        return self._key.sign(message).signature
+        # the binding SigningKey.sign wraps, minus its SignedMessage object
+        return nacl.bindings.crypto_sign(message, self._key._signing_key)[:64]
 
     @property
     def verify_key(self) -> nacl.signing.VerifyKey:

@@ -8,11 +8,12 @@ place in the document, so evaluation itself never meets a surprise.
 from __future__ import annotations
 
 import re
+from functools import cached_property
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field
 
 from .canonical import canonical_hash, parse_json
 from .errors import CanonicalizationError, PolicyError
@@ -74,11 +75,15 @@ class Policy(BaseModel):
     document: dict[str, Any] = Field(repr=False)
     warnings: tuple[PolicyIssue, ...] = ()
     source: str | None = None
-    _compiled: Any = PrivateAttr(default=None)
 
-    @property
+    @cached_property
     def key(self) -> tuple[str, str]:
         return (self.policyId, self.policyVersion)
+
+    @cached_property
+    def signal_checks(self) -> tuple[tuple[str, SignalSpec], ...]:
+        """Signals in name order: the order validation reports problems in."""
+        return tuple(sorted(self.signalsSchema.items()))
 
     def _repr_html_(self) -> str:
         from ._html import policy_html
@@ -208,8 +213,13 @@ def _parse_outcome(raw: Any, at: str, where: str | None) -> Outcome:
     return Outcome(action=action, requires_override=override, reason=reason)
 
 
-def check_condition(cond: Any, schema: dict[str, SignalSpec], at: str, where: str | None) -> None:
+MAX_CONDITION_DEPTH = 32
+
+
+def check_condition(cond: Any, schema: dict[str, SignalSpec], at: str, where: str | None, depth: int = 0) -> None:
     """Refuse any condition evaluation could not decide exactly."""
+    if depth > MAX_CONDITION_DEPTH:
+        raise _fail("POL-011", f"{at}: conditions nest deeper than {MAX_CONDITION_DEPTH} levels", where)
     if not isinstance(cond, dict) or not cond:
         raise _fail("POL-011", f"{at} must be a non-empty object", where)
     if "signal" not in cond:
@@ -220,9 +230,9 @@ def check_condition(cond: Any, schema: dict[str, SignalSpec], at: str, where: st
             if not isinstance(arg, list):
                 raise _fail("POL-011", f"{at}.{op} must be a list of conditions", where)
             for j, sub in enumerate(arg):
-                check_condition(sub, schema, f"{at}.{op}[{j}]", where)
+                check_condition(sub, schema, f"{at}.{op}[{j}]", where, depth + 1)
         elif op == "not":
-            check_condition(arg, schema, f"{at}.not", where)
+            check_condition(arg, schema, f"{at}.not", where, depth + 1)
         else:
             raise _fail("POL-013", f"{at}: unknown combinator {op!r} (use all, any, not, or a signal leaf)", where)
         return

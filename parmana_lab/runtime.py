@@ -8,7 +8,6 @@ exactly two transactions per batch (reserve, then record-and-confirm).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,20 +16,20 @@ from typing import Any
 import duckdb
 
 from . import audit
-from .attestation import ExecutionAttestation, sign_body
+from .attestation import ExecutionAttestation, seal
 from .audit import AuditDB
-from .canonical import canonical_hash, canonicalize, sha256_hex
+from .canonical import canonical_hash, canonicalize, fingerprint_payload, sha256_hex
 from .errors import AuditStoreError, ParmanaError, PolicyError, ReplayError
 from .evaluate import Decision, evaluate
 from .keys import Keyring, TrustStore
 from .policy import Policy, PolicyStore
 from .provenance import RuntimeInfo, evaluator_artifact_hash, runtime_hash, runtime_manifest
 from .timestamps import Clock, format_ts, system_clock
-from .validation import ExecutionRequest, parse_request, validate_signals
+from .validation import check_request, new_execution_id, validate_signals
 from .workspace import DEFAULT_WORKSPACE, Workspace, default_policy_dir
 
 Result = ExecutionAttestation | ParmanaError
-DEFAULT_CHUNK = 5_000
+DEFAULT_CHUNK = 10_000
 
 
 @dataclass(slots=True)
@@ -38,11 +37,11 @@ class _Pending:
     """One execution that passed every pure stage and awaits reservation."""
 
     index: int
-    request: ExecutionRequest
+    execution_id: str
     policy: Policy
     decision: Decision
     fingerprint: str
-    signals_json: str
+    signals_jcs: bytes
 
 
 class Runtime:
@@ -60,13 +59,14 @@ class Runtime:
         clock: Clock = system_clock,
         reservation_ttl: float = 300.0,
         failed_ttl: float = 30.0,
-        new_id=uuid.uuid4,
+        new_id=new_execution_id,
     ) -> None:
         self.workspace = Workspace(workspace)
         self.policies = policies if isinstance(policies, PolicyStore) else PolicyStore(policies or default_policy_dir())
         self.keyring = Keyring(self.workspace.keys_dir, clock=clock)
         self._clock = clock
         self._new_id = new_id
+        self._last_ms, self._last_text = None, ""
         self.reservation_ttl = reservation_ttl
         self.failed_ttl = failed_ttl
         self.manifest = runtime_manifest()
@@ -133,15 +133,12 @@ class Runtime:
     # -- the flow ----------------------------------------------------------------------------
 
     def _prepare(self, index: int, raw: Any) -> _Pending:
-        request = parse_request(raw, new_id=self._new_id)
-        policy = self.policies.get(request.policyId, request.policyVersion)
-        validate_signals(request.signals, policy)
-        decision = evaluate(policy, request.signals)
-        signals_json = canonicalize(request.signals)
-        fingerprint = canonical_hash(
-            {"policyId": request.policyId, "policyVersion": request.policyVersion, "signals": request.signals}
-        )
-        return _Pending(index, request, policy, decision, fingerprint, signals_json.decode("utf-8"))
+        pid, pver, signals, execution_id, signals_jcs = check_request(raw, new_id=self._new_id)
+        policy = self.policies.get(pid, pver)
+        validate_signals(signals, policy)
+        decision = evaluate(policy, signals)
+        fingerprint = sha256_hex(fingerprint_payload(pid, pver, signals_jcs))
+        return _Pending(index, execution_id, policy, decision, fingerprint, signals_jcs)
 
     def _run_chunk(self, raws: list[Any]) -> list[Result]:
         now = self._clock()
@@ -157,57 +154,60 @@ class Runtime:
                 results[i] = exc
                 refusals.append(_refusal_row(now, exc, raw))
                 continue
-            if item.fingerprint in seen_fp or item.request.executionId in seen_id:
+            if item.fingerprint in seen_fp or item.execution_id in seen_id:
                 code, what = (
                     ("INV-013", f"Replay detected: execution_fingerprint {item.fingerprint} has already been consumed earlier in this batch")
                     if item.fingerprint in seen_fp
-                    else ("INV-015", f"executionId {item.request.executionId!r} appears twice in this batch")
+                    else ("INV-015", f"executionId {item.execution_id!r} appears twice in this batch")
                 )
                 exc = ReplayError(code, "replay", what)
                 results[i] = exc
                 refusals.append(_refusal_row(now, exc, raw, item))
                 continue
             seen_fp.add(item.fingerprint)
-            seen_id.add(item.request.executionId)
+            seen_id.add(item.execution_id)
             pending.append(item)
 
         if not pending:
             self._record_refusals(refusals)
             return results  # type: ignore[return-value]
 
-        candidates = [(p.fingerprint, p.request.executionId, p.policy.key) for p in pending]
-        policies = {p.policy.key: (p.policy.bundleHash, canonicalize(p.policy.document).decode()) for p in pending}
+        candidates = [(p.fingerprint, p.execution_id, p.policy.key) for p in pending]
+        used = {id(p.policy): p.policy for p in pending}.values()
+        policies = {p.key: (p.bundleHash, canonicalize(p.document).decode("utf-8")) for p in used}
         try:
             refused = audit.reserve(self.db, candidates, policies, refusals, now=now, ttl=self.reservation_ttl)
         except (duckdb.Error, AuditStoreError) as exc:
             raise ReplayError(
                 "INV-REPLAY-001", "replay", f"no usable replay store in {self.db.path} ({_first_line(exc)}); execution refused"
             ) from None
-        signed: list[tuple[_Pending, dict[str, Any]]] = []
+        signed: list[tuple[_Pending, dict[str, Any], tuple]] = []
+        templates: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
         for n, item in enumerate(pending):
             if n in refused:
                 code, reason = refused[n]
                 results[item.index] = ReplayError(code, "replay", reason) if code.startswith("INV") else _policy_error(code, reason)
             else:
-                signed.append((item, self._sign(item)))
+                signed.append(self._sign(item, templates))
         if signed:
-            self._confirm(signed)
-            for item, body in signed:
-                results[item.index] = _attestation(body, item.decision)
+            shared = [{**before, **after, "signerKeyId": self._key.key_id} for _, (before, after) in templates.values()]
+            self._confirm(signed, shared)
+            for item, body, _ in signed:
+                results[item.index] = ExecutionAttestation._trusted(body, item.decision)
         return results  # type: ignore[return-value]
 
-    def _sign(self, item: _Pending) -> dict[str, Any]:
-        request, policy, decision = item.request, item.policy, item.decision
-        body: dict[str, Any] = {
-            "executionId": request.executionId,
-            "execution_fingerprint": item.fingerprint,
+    def _template(self, item: _Pending) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The fields all attestations of one policy rule share, in wire order around signalsHash."""
+        policy, decision = item.policy, item.decision
+        before = {
             "policyId": policy.policyId,
             "policyVersion": policy.policyVersion,
             "schemaVersion": policy.schemaVersion,
             "runtimeVersion": self.manifest.runtimeVersion,
             "runtimeHash": self.runtime_hash,
             "evaluatorArtifactHash": self.evaluator_artifact_hash,
-            "signalsHash": sha256_hex(item.signals_json.encode("utf-8")),
+        }
+        after = {
             "bundleHash": policy.bundleHash,
             "decision": {
                 "action": decision.action,
@@ -216,32 +216,53 @@ class Runtime:
                 "ruleId": decision.ruleId,
             },
             "execution_state": decision.execution_state,
-            "issuedAt": format_ts(self._clock()),
+        }
+        return before, after
+
+    def _sign(self, item: _Pending, templates: dict) -> tuple[_Pending, dict[str, Any], tuple]:
+        """Sign one execution: (item, attestation dict in wire field order, its audit row)."""
+        key = (item.policy.bundleHash, item.decision.ruleId)
+        found = templates.get(key)
+        if found is None:
+            found = templates[key] = (len(templates), self._template(item))
+        tpl, (before, after) = found
+        signals_hash = sha256_hex(item.signals_jcs)
+        issued_at = self._issued_at()
+        body = {
+            "executionId": item.execution_id,
+            "execution_fingerprint": item.fingerprint,
+            **before,
+            "signalsHash": signals_hash,
+            **after,
+            "issuedAt": issued_at,
             "signerKeyId": self._key.key_id,
         }
-        body["signature"] = sign_body(body, self._key)
-        return body
+        signature, canonical = seal(body, self._key)
+        body["signature"] = signature
+        row = (
+            tpl, item.execution_id, item.fingerprint, signals_hash, issued_at, signature,
+            canonical.decode("utf-8"), item.signals_jcs.decode("utf-8"),
+        )
+        return item, body, row
 
-    def _confirm(self, signed: list[tuple[_Pending, dict[str, Any]]]) -> None:
-        rows, signal_rows = [], []
-        for item, att in signed:
-            d = att["decision"]
-            rows.append((
-                att["executionId"], att["execution_fingerprint"], att["policyId"], att["policyVersion"], att["schemaVersion"],
-                att["runtimeVersion"], att["runtimeHash"], att["evaluatorArtifactHash"], att["signalsHash"], att["bundleHash"],
-                d["action"], d["requires_override"], d["reason"], d["ruleId"], att["execution_state"], att["issuedAt"],
-                att["signerKeyId"], att["signature"], canonicalize(att).decode("utf-8"),
-            ))
-            signal_rows.append((att["executionId"], item.signals_json))
+    def _issued_at(self) -> str:
+        """format_ts(clock()), formatted once per millisecond (the wire precision)."""
+        now = self._clock()
+        ms = now.replace(microsecond=now.microsecond // 1000 * 1000)
+        if ms != self._last_ms:
+            self._last_ms, self._last_text = ms, format_ts(ms)
+        return self._last_text
+
+    def _confirm(self, signed: list[tuple[_Pending, dict[str, Any], tuple]], templates: list[dict[str, Any]]) -> None:
         try:
-            audit.confirm(self.db, rows, signal_rows, now=self._clock())
+            audit.confirm(self.db, templates, [row for _, _, row in signed], now=self._clock())
         except (duckdb.Error, AuditStoreError) as exc:
             try:
-                audit.mark_failed(self.db, [item.fingerprint for item, _ in signed], now=self._clock(), ttl=self.failed_ttl)
+                audit.mark_failed(self.db, [item.fingerprint for item, _, _ in signed], now=self._clock(), ttl=self.failed_ttl)
             except (duckdb.Error, AuditStoreError):
                 pass  # the reservation then simply expires
             raise AuditStoreError(
-                "AUD-006", "audit", f"could not record {len(rows)} attestation(s) in {self.db.path}: {_first_line(exc)}; nothing was returned"
+                "AUD-006", "audit", f"could not record {len(signed)} attestation(s) in {self.db.path}: {_first_line(exc)}; nothing was returned"
             ) from None
 
     def _record_refusals(self, refusals: list[tuple]) -> None:
@@ -251,18 +272,14 @@ class Runtime:
             pass  # a refusal is still returned to the caller; recording it is best effort
 
 
-def _attestation(body: dict[str, Any], decision: Decision) -> ExecutionAttestation:
-    return ExecutionAttestation.model_construct(**{**body, "decision": decision})
-
-
 def _policy_error(code: str, reason: str) -> ParmanaError:
     return PolicyError(code, "policy", reason)
 
 
 def _refusal_row(now, exc: ParmanaError, raw: Any, item: _Pending | None = None) -> tuple:
     if item is not None:
-        req = item.request
-        return (now, exc.code, exc.stage, exc.reason, item.fingerprint, req.policyId, req.policyVersion, req.executionId)
+        pid, pver = item.policy.key
+        return (now, exc.code, exc.stage, exc.reason, item.fingerprint, pid, pver, item.execution_id)
     get = raw.get if isinstance(raw, dict) else (lambda _k: None)
     try:
         input_hash = sha256_hex(raw) if isinstance(raw, bytes) else canonical_hash(raw)

@@ -16,9 +16,9 @@ def system_clock() -> datetime:
 
 def format_ts(moment: datetime) -> str:
     """``YYYY-MM-DDTHH:MM:SS.mmmZ``; naive datetimes are taken as UTC."""
-    if moment.tzinfo is not None:
+    if moment.tzinfo is not None and moment.tzinfo is not timezone.utc:
         moment = moment.astimezone(timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return moment.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 def parse_ts(text: str) -> datetime:
