@@ -16,6 +16,7 @@ demo: $(STAMP)
 	$(BIN)/parmana-lab demo
 
 test: $(STAMP)
+	$(BIN)/ruff check parmana_lab tests benchmarks
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

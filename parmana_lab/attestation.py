@@ -16,6 +16,7 @@ import nacl.signing
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from .canonical import canonicalize
+from .errors import ParmanaError
 from .evaluate import Decision
 from .keys import SigningKey, public_key_from_pem
 from .timestamps import parse_ts
@@ -117,14 +118,15 @@ class ExecutionAttestation(BaseModel):
 
     @classmethod
     def _trusted(cls, body: dict[str, Any], decision: Decision) -> ExecutionAttestation:
-        """Wrap a body the runtime itself just built and signed, skipping validation.
+        """Wrap (and take over) a signed body the runtime itself just built, skipping validation.
 
         What pydantic's model_construct does, minus its per-field bookkeeping,
         which costs more than signing on the execute_many hot path. Tests check
         the result equals a fully validated model.
         """
         m = cls.__new__(cls)
-        object.__setattr__(m, "__dict__", {**body, "decision": decision})
+        body["decision"] = decision
+        object.__setattr__(m, "__dict__", body)
         object.__setattr__(m, "__pydantic_fields_set__", set(_FIELD_SET))
         object.__setattr__(m, "__pydantic_extra__", None)
         object.__setattr__(m, "__pydantic_private__", None)
@@ -189,7 +191,7 @@ def verify_signature(attestation: ExecutionAttestation | dict[str, Any], public_
         return False
     try:
         _verify_key(public_key).verify(signing_message(data), raw)
-    except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
+    except (nacl.exceptions.BadSignatureError, ParmanaError, ValueError, TypeError):
         return False
     return True
 

@@ -313,7 +313,7 @@ def reserve(
     """
     at = _naive_utc(now)
     fps, ids, keys = zip(*candidates) if candidates else ((), (), ())
-    cand = {"i": np.arange(len(fps), dtype=np.int64), "execution_fingerprint": _column(list(fps)), "executionId": _column(list(ids))}
+    cand = {"i": np.arange(len(fps), dtype=np.int64), "execution_fingerprint": _column(fps), "executionId": _column(ids)}
     with db.transaction() as con:
         changed = _register_policies(con, policies, at)
         refused = {i: changed[key] for i, key in enumerate(keys) if key in changed} if changed else {}
@@ -396,7 +396,7 @@ def confirm(db: AuditDB, templates: list[dict[str, Any]], rows: list[tuple], *, 
         **{name: _column([t[name] for t in templates]) for name in _SHARED_FIELDS},
         **{f"decision_{name}": _column([t["decision"][name] for t in templates]) for name in _DECISION_FIELDS},
     }
-    columns = [_column(list(c)) for c in zip(*rows)]
+    columns = [_column(c) for c in zip(*rows)]
     with db.transaction() as con:
         start = con.execute("SELECT coalesce(max(seq), 0) FROM attestations").fetchall()[0][0] + 1
         new_rows = {"seq": np.arange(start, start + len(rows), dtype=np.int64), **dict(zip(_ROW_FIELDS, columns))}
@@ -424,7 +424,7 @@ def _select_column(name: str) -> str:
     return f"n.{name}" if name in _ROW_FIELDS or name == "seq" else f"t.{name}"
 
 
-def _column(values: list[Any]) -> np.ndarray:
+def _column(values: Sequence[Any]) -> np.ndarray:
     """A column for DuckDB's numpy scan (object arrays convert faster than pandas strings)."""
     if values and type(values[0]) is bool:
         return np.array(values, dtype=bool)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from .canonical import canonicalize, parse_json
+from .demo import describe, run_demo
 from .errors import CanonicalizationError, ParmanaError, RequestError
 from .keys import Keyring
 from .policy import PolicyStore
@@ -100,8 +100,6 @@ def cmd_run(args: argparse.Namespace) -> int:
                 sys.stdout.write(result.canonical().decode("utf-8") + "\n")
                 sys.stdout.flush()
             else:
-                from .demo import describe
-
                 print(describe(result), flush=True)
     return EXIT_FAILED if refused else EXIT_OK
 
@@ -187,8 +185,6 @@ def cmd_policies(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-
     run_demo(Path(args.workspace) / "demo", policies=args.policies, requests=args.requests)
     return EXIT_OK
 

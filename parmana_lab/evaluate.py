@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict
 from .errors import EvaluationError
 from .policy import Policy
 
+
 class Decision(BaseModel):
     """The matched rule's outcome plus its ruleId."""
 

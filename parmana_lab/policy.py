@@ -8,8 +8,8 @@ place in the document, so evaluation itself never meets a surprise.
 from __future__ import annotations
 
 import re
-from functools import cached_property
 from collections.abc import Iterator
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 

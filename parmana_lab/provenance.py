@@ -8,7 +8,7 @@ to that code is visible in every attestation it signs.
 from __future__ import annotations
 
 import hashlib
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -59,7 +59,7 @@ def runtime_hash(manifest: RuntimeManifest) -> str:
     return canonical_hash(manifest.model_dump(mode="json"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def evaluator_artifact_hash(package_dir: str | None = None) -> str:
     """sha256(JCS({"<module file>": sha256(source bytes), ...})) over DECIDING_MODULES."""
     root = Path(package_dir) if package_dir else Path(__file__).parent

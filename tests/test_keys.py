@@ -3,7 +3,7 @@ import stat
 
 import pytest
 
-from parmana_lab import KeyStoreError, Keyring, Runtime, SigningKey, TrustStore, verify_signature
+from parmana_lab import Keyring, KeyStoreError, Runtime, SigningKey, TrustStore, verify_signature
 
 from .conftest import claims_request, loan_request
 
