@@ -16,10 +16,10 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     __package__ = "benchmarks"
 
-from benchmarks import bench_runtime  # noqa: E402
+from benchmarks import bench_runtime, bench_verify  # noqa: E402
 from benchmarks.common import Measure  # noqa: E402
 
-MODULES = (bench_runtime,)
+MODULES = (bench_runtime, bench_verify)
 
 
 def _child(fn, queue) -> None:

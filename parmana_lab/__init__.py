@@ -1,49 +1,82 @@
 """parmana_lab: run, verify and audit signed policy executions from Python and Jupyter.
 
-Data flows canonical -> policy -> evaluate -> runtime -> audit; everything a
-notebook user needs is importable from here.
+Data flows canonical -> policy -> evaluate -> runtime -> audit -> archive -> verify;
+everything a notebook user needs is importable from here. Names load on first
+use, so worker processes and the CLI do not pay for DuckDB and pandas they do
+not touch.
 """
 
-from .attestation import (
-    ATTESTATION_TYPE,
-    ExecutionAttestation,
-    pae,
-    signing_message,
-    to_dsse,
-    verify_signature,
-)
-from .audit import AuditDB
-from .canonical import canonical_hash, canonicalize, parse_json
-from .errors import (
-    AuditStoreError,
-    CanonicalizationError,
-    EvaluationError,
-    KeyStoreError,
-    ParmanaError,
-    PolicyError,
-    ReplayError,
-    RequestError,
-)
-from .evaluate import Decision, evaluate
-from .keys import Keyring, SigningKey, TrustedKey, TrustStore
-from .policy import Policy, PolicyStore, load_policy_file, parse_policy
-from .provenance import (
-    RUNTIME_VERSION,
-    RuntimeInfo,
-    RuntimeManifest,
-    evaluator_artifact_hash,
-    runtime_hash,
-    runtime_info,
-    runtime_manifest,
-)
-from .runtime import Runtime
-from .validation import ExecutionRequest, parse_request, validate_signals
-from .workspace import DEFAULT_WORKSPACE, Workspace, default_policy_dir, default_requests_dir
+from __future__ import annotations
 
-__version__ = RUNTIME_VERSION
+import importlib
+from typing import TYPE_CHECKING, Any
 
+__version__ = "0.1.0"
+
+# Imported eagerly: the name is also a submodule's, and importing the submodule
+# would otherwise shadow the function with the module object.
+from .evaluate import evaluate  # noqa: E402
+
+_EXPORTS = {
+    "ATTESTATION_TYPE": ".attestation",
+    "ArchiveError": ".archive",
+    "ArchiveManifest": ".archive",
+    "ArchiveReport": ".verify",
+    "AuditDB": ".audit",
+    "AuditStoreError": ".errors",
+    "CanonicalizationError": ".errors",
+    "DEFAULT_WORKSPACE": ".workspace",
+    "Decision": ".evaluate",
+    "EvaluationError": ".errors",
+    "ExecutionAttestation": ".attestation",
+    "ExecutionRequest": ".validation",
+    "ExportResult": ".archive",
+    "ImportResult": ".archive",
+    "KeyStoreError": ".errors",
+    "Keyring": ".keys",
+    "ParmanaError": ".errors",
+    "Policy": ".policy",
+    "PolicyError": ".errors",
+    "PolicyStore": ".policy",
+    "RUNTIME_VERSION": ".provenance",
+    "ReplayError": ".errors",
+    "RequestError": ".errors",
+    "Runtime": ".runtime",
+    "RuntimeInfo": ".provenance",
+    "RuntimeManifest": ".provenance",
+    "SigningKey": ".keys",
+    "TrustStore": ".keys",
+    "TrustedKey": ".keys",
+    "VerificationResult": ".verify",
+    "Workspace": ".workspace",
+    "canonical_hash": ".canonical",
+    "canonicalize": ".canonical",
+    "default_policy_dir": ".workspace",
+    "default_requests_dir": ".workspace",
+    "evaluator_artifact_hash": ".provenance",
+    "export_archive": ".archive",
+    "import_archive": ".archive",
+    "load_policy_file": ".policy",
+    "open_archive": ".archive",
+    "pae": ".attestation",
+    "parse_json": ".canonical",
+    "parse_policy": ".policy",
+    "parse_request": ".validation",
+    "runtime_hash": ".provenance",
+    "runtime_info": ".provenance",
+    "runtime_manifest": ".provenance",
+    "signing_message": ".attestation",
+    "to_dsse": ".attestation",
+    "validate_signals": ".validation",
+    "verify_archive": ".verify",
+    "verify_attestation": ".verify",
+    "verify_signature": ".attestation",
+}
 __all__ = [
     "ATTESTATION_TYPE",
+    "ArchiveError",
+    "ArchiveManifest",
+    "ArchiveReport",
     "AuditDB",
     "AuditStoreError",
     "CanonicalizationError",
@@ -52,6 +85,8 @@ __all__ = [
     "EvaluationError",
     "ExecutionAttestation",
     "ExecutionRequest",
+    "ExportResult",
+    "ImportResult",
     "KeyStoreError",
     "Keyring",
     "ParmanaError",
@@ -67,6 +102,7 @@ __all__ = [
     "SigningKey",
     "TrustStore",
     "TrustedKey",
+    "VerificationResult",
     "Workspace",
     "canonical_hash",
     "canonicalize",
@@ -74,7 +110,10 @@ __all__ = [
     "default_requests_dir",
     "evaluate",
     "evaluator_artifact_hash",
+    "export_archive",
+    "import_archive",
     "load_policy_file",
+    "open_archive",
     "pae",
     "parse_json",
     "parse_policy",
@@ -85,5 +124,53 @@ __all__ = [
     "signing_message",
     "to_dsse",
     "validate_signals",
+    "verify_archive",
+    "verify_attestation",
     "verify_signature",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
+
+
+if TYPE_CHECKING:
+    from .archive import ArchiveError, ArchiveManifest, ExportResult, ImportResult, export_archive, import_archive, open_archive
+    from .attestation import ATTESTATION_TYPE, ExecutionAttestation, pae, signing_message, to_dsse, verify_signature
+    from .audit import AuditDB
+    from .canonical import canonical_hash, canonicalize, parse_json
+    from .errors import (
+        AuditStoreError,
+        CanonicalizationError,
+        EvaluationError,
+        KeyStoreError,
+        ParmanaError,
+        PolicyError,
+        ReplayError,
+        RequestError,
+    )
+    from .evaluate import Decision, evaluate
+    from .keys import Keyring, SigningKey, TrustedKey, TrustStore
+    from .policy import Policy, PolicyStore, load_policy_file, parse_policy
+    from .provenance import (
+        RUNTIME_VERSION,
+        RuntimeInfo,
+        RuntimeManifest,
+        evaluator_artifact_hash,
+        runtime_hash,
+        runtime_info,
+        runtime_manifest,
+    )
+    from .runtime import Runtime
+    from .validation import ExecutionRequest, parse_request, validate_signals
+    from .verify import ArchiveReport, VerificationResult, verify_archive, verify_attestation
+    from .workspace import DEFAULT_WORKSPACE, Workspace, default_policy_dir, default_requests_dir

@@ -15,6 +15,9 @@ _BADGE = {
     "completed": "#1a7f37",
     "reject": "#cf222e",
     "pending_override": "#9a6700",
+    "verified": "#1a7f37",
+    "warning": "#9a6700",
+    "failed": "#cf222e",
 }
 
 
@@ -69,3 +72,16 @@ def policy_html(policy: Policy) -> str:
     rows += [(f"rule {r.id}", f"→ {r.outcome.action}{' (override)' if r.outcome.requires_override else ''}") for r in policy.rules]
     rows += [(w.code, w.reason) for w in policy.warnings]
     return table(rows, title="Policy")
+
+
+def verification_html(result) -> str:
+    rows: list[tuple[str, Any]] = [
+        ("executionId", result.executionId or "?"),
+        ("status", badge(result.status)),
+        ("code", result.code),
+        ("hint", result.hint),
+    ]
+    if result.expected is not None:
+        rows += [("expected", result.expected), ("observed", result.observed)]
+    rows += [(f"check {name}", status) for name, status in result.checks.items()]
+    return table(rows, title="VerificationResult")

@@ -8,13 +8,16 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from .archive import import_archive
 from .canonical import canonicalize, parse_json
 from .demo import describe, run_demo
 from .errors import CanonicalizationError, ParmanaError, RequestError
-from .keys import Keyring
+from .keys import Keyring, TrustStore
 from .policy import PolicyStore
 from .provenance import runtime_info
+from .reports import archive_text
 from .runtime import Runtime
+from .verify import verify_archive
 from .workspace import DEFAULT_WORKSPACE, Workspace, default_policy_dir
 
 EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = 0, 1, 2
@@ -59,6 +62,31 @@ def _parser() -> argparse.ArgumentParser:
     pol.add_argument("--policies", type=Path)
     pol.add_argument("--json", action="store_true")
     pol.set_defaults(func=cmd_policies)
+
+    exp = sub.add_parser("export", help="write the audit DB's attestations as a signed archive")
+    exp.add_argument("--out", type=Path, required=True, help="target directory or file")
+    exp.add_argument("--format", choices=["dir", "zip", "tar.gz"], default=None, help="default: from the --out suffix, else dir")
+    exp.add_argument("--no-signals", action="store_true", help="leave signals out (privacy); content checks become 'not checkable'")
+    exp.add_argument("--since", help="only attestations issued at or after this UTC time")
+    exp.add_argument("--until", help="only attestations issued before this UTC time")
+    exp.add_argument("--policy", help="only this policy: ID or ID@VERSION")
+    exp.set_defaults(func=cmd_export)
+
+    ver = sub.add_parser("verify", help="verify archives offline against a trust store")
+    ver.add_argument("archives", nargs="+", type=Path)
+    ver.add_argument("--json", action="store_true", help="one line per attestation, then one line per archive")
+    ver.add_argument("--workers", type=int, default=1)
+    ver.add_argument("--trust", type=Path, help="trust store JSON (what `parmana-lab keys --json` prints); default: the workspace's")
+    ver.add_argument("--trust-archive-keys", action="store_true", help="also trust the archive's own keys.json (says so in the result)")
+    ver.add_argument("--known-runtime", action="append", default=None, metavar="HASH",
+                     help="runtimeHash to accept without a RUNTIME_UNKNOWN warning (repeatable; default: this kit's)")
+    ver.add_argument("--no-progress", action="store_true")
+    ver.set_defaults(func=cmd_verify)
+
+    imp = sub.add_parser("import", help="load archives into the workspace's audit DB (idempotent)")
+    imp.add_argument("archives", nargs="+", type=Path)
+    imp.add_argument("--json", action="store_true")
+    imp.set_defaults(func=cmd_import)
 
     demo = sub.add_parser("demo", help="run every sample request on a fresh demo workspace")
     demo.add_argument("--policies", type=Path)
@@ -182,6 +210,57 @@ def cmd_policies(args: argparse.Namespace) -> int:
             extra = "".join(f"  [{w['code']}] {w['reason']}" for w in warnings)
             print(f"{item.policyId:<18} {item.policyVersion:<8} {item.bundleHash}  {len(item.rules)} rules{extra}")
     return EXIT_FAILED if bad else EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    fmt = args.format or next((f for f in ("zip", "tar.gz") if args.out.name.endswith("." + f)), "dir")
+    policy_id, _, policy_version = (args.policy or "").partition("@")
+    with Runtime(args.workspace) as rt:
+        result = rt.export_archive(
+            args.out, format=fmt, signals=not args.no_signals, since=args.since, until=args.until,
+            policy_id=policy_id or None, policy_version=policy_version or None,
+        )
+    print(f"exported {result.count} attestations to {result.path} ({result.format}, signals {'included' if result.signals else 'left out'})")
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    trust = args.trust or Workspace(args.workspace).keys_dir / "trust.json"
+    if not Path(trust).exists() and not args.trust_archive_keys:
+        print(f"parmana-lab: no trust store at {trust}; pass --trust FILE (from `parmana-lab keys --json`)", file=sys.stderr)
+        return EXIT_UNUSABLE
+    store = TrustStore.load(trust) if Path(trust).exists() else TrustStore()
+    failed = False
+    for path in args.archives:
+        report = verify_archive(path, store, workers=args.workers, progress=not (args.json or args.no_progress),
+                                known_runtimes=args.known_runtime, trust_archive_keys=args.trust_archive_keys)
+        failed |= report.status != "verified"
+        if args.json:
+            for result in report.results():
+                _line({"executionId": result.executionId, "line": result.line, "status": result.status, "code": result.code,
+                       "checks": result.checks, "hint": result.hint})
+            s = report.summary
+            _line({"archive": {"path": str(path), "status": s.status, "codes": s.archive_codes + [
+                c for c in s.codes if c != "VERIFIED"], "total": s.total, "verified": s.verified, "trust": s.trust}})
+        else:
+            print(archive_text(report))
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    conflicts = False
+    with Runtime(args.workspace) as rt:
+        for path in args.archives:
+            result = import_archive(path, rt.db)
+            conflicts |= bool(result.conflicts or result.malformed)
+            if args.json:
+                _line(result.model_dump(mode="json"))
+            else:
+                print(f"{path}: {result.inserted} inserted, {result.already_present} already present, "
+                      f"{len(result.conflicts)} conflicts, {len(result.malformed)} malformed lines")
+                for c in result.conflicts:
+                    print(f"  conflict: {c}")
+    return EXIT_FAILED if conflicts else EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

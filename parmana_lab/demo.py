@@ -16,7 +16,9 @@ from pydantic import BaseModel
 from .attestation import ExecutionAttestation
 from .canonical import parse_json
 from .errors import ParmanaError
+from .reports import archive_text
 from .runtime import Runtime
+from .verify import verify_archive
 from .workspace import default_policy_dir, default_requests_dir
 
 Printer = Callable[[str], None]
@@ -31,6 +33,8 @@ class DemoSummary(BaseModel):
     actions: dict[str, int]
     states: dict[str, int]
     refusal_codes: dict[str, int]
+    archive: str | None = None
+    archive_status: str | None = None
 
 
 def request_files(directory: Path) -> list[Path]:
@@ -93,7 +97,11 @@ def run_demo(
         )
         echo(f"\nAudit DB {rt.db.path}: {rt.db.count()} attestations, {rt.db.count('refusals')} refusals")
         echo(table.to_string(index=False))
-    return summary
+        exported = rt.export_archive(rt.workspace.exports_dir / "demo-archive.zip", format="zip")
+        echo(f"\nExported {exported.count} attestations to {exported.path} (signed manifest, Merkle root {exported.merkleRoot[:16]}…)")
+        report = verify_archive(exported.path, rt.trust_store(), progress=False)
+        echo(archive_text(report))
+    return summary.model_copy(update={"archive": exported.path, "archive_status": report.status})
 
 
 def describe(result: ExecutionAttestation | ParmanaError) -> str:

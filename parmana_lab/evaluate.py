@@ -43,6 +43,11 @@ def evaluate(policy: Policy, signals: dict[str, Any]) -> Decision:
     return decisions[index]
 
 
+def decide_index(policy: Policy, signals: dict[str, Any]) -> int:
+    """Index of the first matching rule, or -1: evaluation without building a Decision."""
+    return _compiled(policy)[0](signals)
+
+
 def _compiled(policy: Policy) -> tuple[Callable[[dict[str, Any]], int], tuple[Decision, ...]]:
     # Cached on the (frozen) policy the way functools.cached_property caches:
     # in its __dict__, which a plain attribute read finds at dict speed.

@@ -66,3 +66,24 @@ def write_policy(root: Path, document: dict, folder_id: str | None = None, folde
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document))
     return path
+
+
+def sample_requests() -> list[dict]:
+    """Every ordinary sample request (not the replayed or invalid ones)."""
+    out: list[dict] = []
+    for path in sorted(SAMPLE_REQUESTS.glob("*.json")):
+        if path.name not in ("replayed.json", "invalid.json"):
+            out += json.loads(path.read_text())
+    return out
+
+
+@pytest.fixture
+def exported(tmp_path: Path, policy_dir: Path, clock: FakeClock):
+    """A runtime that executed every sample request (a minute apart) and its exported archive."""
+    with Runtime(tmp_path / "ws", policies=policy_dir, clock=clock) as rt:
+        for request in sample_requests():
+            rt.execute(request)
+            clock.advance(60)
+        result = rt.export_archive(tmp_path / "archive")
+        store = rt.trust_store()
+    return Path(result.path), store

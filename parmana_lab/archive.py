@@ -1,0 +1,491 @@
+"""Export archives: write them from an audit DB, open them safely, import them.
+
+An archive is a directory, or the same tree as .zip or .tar.gz:
+
+    manifest.json        signed; lists every other file's sha256, the count and
+                         Merkle root of the attestation lines
+    attestations.jsonl   one canonical attestation per line, in audit order
+    signals.jsonl        {"executionId", "signals"}, one line per attestation line, same
+                         order; signals null where the exporter has none (optional file)
+    policies/{id}/{version}/policy.json
+    keys.json            the exporter's public keys (information only)
+
+Opening never trusts the container: members that would land outside the
+target, links, special files and absurd sizes are refused before any byte is
+written.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import stat
+import tarfile
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from .attestation import pae, parse_attestation_line
+from .audit import ATTESTATION_COLUMNS, AuditDB, _column, _naive_utc, _Registered
+from .canonical import canonicalize, parse_json, quote
+from .errors import CanonicalizationError, ParmanaError
+from .keys import SigningKey, TrustStore
+from .merkle import MerkleBuilder
+from .provenance import RuntimeManifest, runtime_hash, runtime_manifest
+from .timestamps import Clock, format_ts, system_clock
+
+ARCHIVE_TYPE = "PARMANA_ARCHIVE_V1"
+FORMAT = "parmana-archive"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+ATTESTATIONS = "attestations.jsonl"
+SIGNALS = "signals.jsonl"
+KEYS = "keys.json"
+POLICIES = "policies"
+ArchiveFormat = Literal["dir", "zip", "tar.gz"]
+
+MAX_TOTAL_BYTES = 8 * 1024**3  # uncompressed size of everything in a container
+MAX_MEMBERS = 200_000
+MAX_RATIO = 200  # uncompressed / compressed: beyond this it is a bomb, not JSON
+MAX_LINE_BYTES = 1024 * 1024
+
+
+class ArchiveError(ParmanaError):
+    """The archive cannot be used at all (ARC-xxx): unreadable, unsafe, or incomplete."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(code, "archive", reason)
+
+
+class ArchiveManifest(BaseModel):
+    """manifest.json; ``signature`` covers PAE(PARMANA_ARCHIVE_V1, JCS(every other member))."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    format: Literal["parmana-archive"]
+    formatVersion: Literal[1]
+    createdAt: str
+    runtime: RuntimeManifest
+    runtimeHash: str
+    count: int
+    files: dict[str, str]
+    merkleRoot: str
+    signerKeyId: str
+    signature: str
+
+    def signing_message(self) -> bytes:
+        return manifest_message(self.model_dump(mode="json"))
+
+
+def manifest_message(manifest: dict[str, Any]) -> bytes:
+    body = {k: v for k, v in manifest.items() if k != "signature"}
+    return pae(ARCHIVE_TYPE, canonicalize(body))
+
+
+class ExportResult(BaseModel):
+    path: str
+    format: str
+    count: int
+    signals: bool
+    policies: list[str]
+    merkleRoot: str
+
+
+# -- export -----------------------------------------------------------------------------
+
+
+def export_archive(
+    db: AuditDB,
+    out: str | Path,
+    *,
+    key: SigningKey,
+    trust_store: TrustStore,
+    format: ArchiveFormat = "dir",
+    signals: bool = True,
+    since: str | None = None,
+    until: str | None = None,
+    policy_id: str | None = None,
+    policy_version: str | None = None,
+    clock: Clock = system_clock,
+) -> ExportResult:
+    """Write the audit DB's attestations (all, or issuedAt in [since, until) / one policy) as an archive."""
+    out = Path(out)
+    if out.exists() and (out.is_file() or any(out.iterdir())):
+        raise ArchiveError("ARC-007", f"{out} already exists; choose a new path (archives are never overwritten)")
+    where, params = _filters(since, until, policy_id, policy_version)
+    if format == "dir":
+        out.mkdir(parents=True, exist_ok=True)
+        result = _write_tree(db, out, key, trust_store, signals, where, params, clock)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as tmp:
+            result = _write_tree(db, Path(tmp), key, trust_store, signals, where, params, clock)
+            partial = out.with_name(out.name + ".partial")
+            _pack(Path(tmp), partial, format)
+            os.replace(partial, out)
+    return result.model_copy(update={"path": str(out), "format": format})
+
+
+def _filters(since, until, policy_id, policy_version) -> tuple[str, list[Any]]:
+    clauses, params = [], []
+    for column, op, value in (("issuedAt", ">=", since), ("issuedAt", "<", until), ("policyId", "=", policy_id),
+                              ("policyVersion", "=", policy_version)):
+        if value is not None:
+            clauses.append(f"a.{column} {op} ?")
+            params.append(value)
+    return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def _write_tree(db, root: Path, key, trust_store, with_signals, where, params, clock) -> ExportResult:
+    files: dict[str, str] = {}
+    merkle = MerkleBuilder()
+    referenced: set[tuple[str, str]] = set()
+    att_digest, sig_digest = hashlib.sha256(), hashlib.sha256()
+    query = (
+        "SELECT a.canonical, a.policyId, a.policyVersion, a.executionId, s.signals FROM attestations a "
+        "LEFT JOIN (SELECT executionId, any_value(signals) AS signals FROM signals GROUP BY executionId) s USING (executionId) "
+        f"{where} ORDER BY a.seq"
+    )
+    with open(root / ATTESTATIONS, "wb") as att_fh, open(root / SIGNALS, "wb") if with_signals else nullcontext() as sig_fh:
+        for canonical, pid, pver, eid, sig in _stream(db, query, params):
+            line = canonical.encode("utf-8")
+            merkle.add(line)
+            att_digest.update(line + b"\n")
+            att_fh.write(line + b"\n")
+            referenced.add((pid, pver))
+            if with_signals:  # one line per attestation, same order; null when the DB has none
+                sig_line = b'{"executionId":%s,"signals":%s}\n' % (quote(eid), sig.encode("utf-8") if sig else b"null")
+                sig_digest.update(sig_line)
+                sig_fh.write(sig_line)
+    files[ATTESTATIONS] = att_digest.hexdigest()
+    if with_signals:
+        files[SIGNALS] = sig_digest.hexdigest()
+    for pid, pver in sorted(referenced):
+        rows = db.sql("SELECT document FROM policies WHERE policyId = ? AND policyVersion = ?", [pid, pver])
+        if rows.empty:
+            continue  # verification will report POLICY_MISSING for its attestations
+        rel = f"{POLICIES}/{pid}/{pver}/policy.json"
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = rows.iloc[0, 0].encode("utf-8")
+        path.write_bytes(data)
+        files[rel] = hashlib.sha256(data).hexdigest()
+    keys = canonicalize(trust_store.model_dump(mode="json"))
+    (root / KEYS).write_bytes(keys)
+    files[KEYS] = hashlib.sha256(keys).hexdigest()
+    manifest = runtime_manifest()
+    body: dict[str, Any] = {
+        "format": FORMAT,
+        "formatVersion": FORMAT_VERSION,
+        "createdAt": format_ts(clock()),
+        "runtime": manifest.model_dump(mode="json"),
+        "runtimeHash": runtime_hash(manifest),
+        "count": merkle.count,
+        "files": dict(sorted(files.items())),
+        "merkleRoot": merkle.root(),
+        "signerKeyId": key.key_id,
+    }
+    body["signature"] = base64.b64encode(key.sign(manifest_message(body))).decode("ascii")
+    (root / MANIFEST).write_bytes(canonicalize(body))
+    return ExportResult(
+        path=str(root),
+        format="dir",
+        count=merkle.count,
+        signals=with_signals,
+        policies=[f"{p}@{v}" for p, v in sorted(referenced)],
+        merkleRoot=body["merkleRoot"],
+    )
+
+
+def _stream(db: AuditDB, query: str, params: list[Any], batch: int = 20_000) -> Iterator[tuple]:
+    cur = db.connection.cursor()
+    try:
+        cur.execute(query, params)
+        while rows := cur.fetchmany(batch):
+            yield from rows
+    finally:
+        cur.close()
+
+
+def _pack(tree: Path, target: Path, format: str) -> None:
+    names = sorted(p.relative_to(tree).as_posix() for p in tree.rglob("*") if p.is_file())
+    if format == "zip":
+        with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for name in names:
+                zf.write(tree / name, name)
+    elif format == "tar.gz":
+        with tarfile.open(target, "w:gz") as tf:
+            for name in names:
+                tf.add(tree / name, arcname=name, recursive=False)
+    else:
+        raise ArchiveError("ARC-001", f"unknown archive format {format!r} (dir, zip or tar.gz)")
+
+
+# -- opening -----------------------------------------------------------------------------
+
+
+@contextmanager
+def open_archive(path: str | Path, *, max_bytes: int = MAX_TOTAL_BYTES) -> Iterator[Path]:
+    """Yield a directory holding the archive's tree; containers are unpacked safely first."""
+    path = Path(path)
+    if path.is_dir():
+        yield path
+        return
+    if not path.is_file():
+        raise ArchiveError("ARC-001", f"no archive at {path}")
+    with tempfile.TemporaryDirectory(prefix="parmana-archive-") as tmp:
+        target = Path(tmp)
+        if zipfile.is_zipfile(path):
+            _unzip(path, target, max_bytes)
+        elif _is_tar(path):
+            _untar(path, target, max_bytes)
+        else:
+            raise ArchiveError("ARC-001", f"{path} is neither an archive directory, a .zip nor a .tar.gz")
+        yield target
+
+
+def _is_tar(path: Path) -> bool:
+    try:
+        return tarfile.is_tarfile(path)
+    except (OSError, EOFError, tarfile.TarError):
+        return False
+
+
+def _safe_name(name: str, archive: Path) -> PurePosixPath:
+    pure = PurePosixPath(name.replace("\\", "/"))
+    if pure.is_absolute() or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        raise ArchiveError("ARC-002", f"{archive}: member {name!r} has an absolute path; refusing to unpack outside the target")
+    if ".." in pure.parts:
+        raise ArchiveError("ARC-002", f"{archive}: member {name!r} climbs out of the archive with '..'; refusing to unpack")
+    return pure
+
+
+def _check_totals(archive: Path, members: int, total: int, max_bytes: int) -> None:
+    if members > MAX_MEMBERS:
+        raise ArchiveError("ARC-004", f"{archive}: {members} members is more than an archive can hold ({MAX_MEMBERS})")
+    if total > max_bytes:
+        raise ArchiveError("ARC-004", f"{archive}: unpacks to {total} bytes, over the {max_bytes}-byte limit")
+    compressed = archive.stat().st_size
+    if total > MAX_RATIO * max(compressed, 1) and total > 1024 * 1024:
+        raise ArchiveError(
+            "ARC-004", f"{archive}: {compressed} bytes claim to unpack to {total} (over {MAX_RATIO}:1); refusing a decompression bomb"
+        )
+
+
+def _copy_limited(src, dst: Path, declared: int, archive: Path, name: str) -> None:
+    written = 0
+    with open(dst, "wb") as out:
+        while chunk := src.read(1024 * 1024):
+            written += len(chunk)
+            if written > declared:
+                raise ArchiveError("ARC-004", f"{archive}: member {name!r} unpacks to more than its declared {declared} bytes")
+            out.write(chunk)
+
+
+def _unzip(path: Path, target: Path, max_bytes: int) -> None:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            _check_totals(path, len(infos), sum(i.file_size for i in infos), max_bytes)
+            for info in infos:
+                pure = _safe_name(info.filename, path)
+                mode = info.external_attr >> 16
+                if stat.S_ISLNK(mode):
+                    raise ArchiveError("ARC-003", f"{path}: member {info.filename!r} is a link; archives hold plain files only")
+                dest = target.joinpath(*pure.parts)
+                if info.is_dir():
+                    dest.mkdir(parents=True, exist_ok=True)
+                    continue
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as src:
+                    _copy_limited(src, dest, info.file_size, path, info.filename)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise ArchiveError("ARC-001", f"{path}: damaged zip ({exc})") from None
+
+
+def _untar(path: Path, target: Path, max_bytes: int) -> None:
+    try:
+        with tarfile.open(path, "r:*") as tf:
+            members = tf.getmembers()
+            _check_totals(path, len(members), sum(m.size for m in members), max_bytes)
+            for member in members:
+                pure = _safe_name(member.name, path)
+                if member.issym() or member.islnk():
+                    raise ArchiveError("ARC-003", f"{path}: member {member.name!r} is a link; archives hold plain files only")
+                if not (member.isfile() or member.isdir()):
+                    raise ArchiveError("ARC-003", f"{path}: member {member.name!r} is a special file; archives hold plain files only")
+                dest = target.joinpath(*pure.parts)
+                if member.isdir():
+                    dest.mkdir(parents=True, exist_ok=True)
+                    continue
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                src = tf.extractfile(member)
+                if src is None:
+                    raise ArchiveError("ARC-001", f"{path}: member {member.name!r} cannot be read")
+                with src:
+                    _copy_limited(src, dest, member.size, path, member.name)
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise ArchiveError("ARC-001", f"{path}: damaged tar.gz ({exc})") from None
+
+
+def iter_line_blocks(path: Path, *, max_line: int = MAX_LINE_BYTES, digest: Any = None, block: int = 4 * 1024 * 1024) -> Iterator[list[bytes]]:
+    """The file's lines (without newlines) in lists, read a few MiB at a time.
+
+    Splitting whole blocks runs in C, which matters on million-line archives.
+    A line longer than ``max_line`` is refused (ARC-006) without being held
+    whole; ``digest`` (a hashlib object) is fed the file's exact bytes.
+    """
+    with open(path, "rb") as fh:
+        carry = b""
+        done = 0
+        while chunk := fh.read(block):
+            if digest is not None:
+                digest.update(chunk)
+            lines = (carry + chunk).split(b"\n")
+            carry = lines.pop()
+            if len(carry) > max_line or (lines and max(map(len, lines)) > max_line):
+                long = next((i for i, line in enumerate(lines) if len(line) > max_line), len(lines))
+                raise ArchiveError("ARC-006", f"{path.name} line {done + long + 1} is longer than {max_line} bytes")
+            done += len(lines)
+            if lines:
+                yield lines
+        if carry:
+            yield [carry]
+
+
+def iter_lines(path: Path, *, max_line: int = MAX_LINE_BYTES, digest: Any = None) -> Iterator[bytes]:
+    """Lines without their newline, one at a time (see iter_line_blocks)."""
+    for lines in iter_line_blocks(path, max_line=max_line, digest=digest):
+        yield from lines
+
+
+# -- import -------------------------------------------------------------------------------
+
+
+class ImportResult(BaseModel):
+    """What an import did; conflicts are records that differ from what the DB already holds."""
+
+    archive: str
+    inserted: int
+    already_present: int
+    conflicts: list[dict[str, Any]]
+    malformed: list[dict[str, Any]]
+    policies_added: int
+
+
+def import_archive(path: str | Path, db: AuditDB, *, clock: Clock = system_clock) -> ImportResult:
+    """Load an archive into an audit DB in one transaction; same record twice is one row,
+    a different record under an existing executionId is reported and never overwritten."""
+    with open_archive(path) as root:
+        if not (root / ATTESTATIONS).is_file():
+            raise ArchiveError("ARC-005", f"{path} has no {ATTESTATIONS}")
+        rows: list[tuple] = []
+        malformed: list[dict[str, Any]] = []
+        for number, line in enumerate(iter_lines(root / ATTESTATIONS), start=1):
+            att, problem = parse_attestation_line(line)
+            if problem is not None:
+                malformed.append({"line": number, "reason": problem})
+                continue
+            d = att["decision"]
+            rows.append((
+                number, att["executionId"], att["execution_fingerprint"], att["policyId"], att["policyVersion"],
+                att["schemaVersion"], att["runtimeVersion"], att["runtimeHash"], att["evaluatorArtifactHash"],
+                att["signalsHash"], att["bundleHash"], d["action"], d["requires_override"], d["reason"], d["ruleId"],
+                att["execution_state"], att["issuedAt"], att["signerKeyId"], att["signature"], line.decode("utf-8"),
+            ))
+        signals = _read_signals(root)
+        policies = _read_policies(root)
+        with db.transaction() as con:
+            return _import_rows(con, str(path), rows, signals, policies, malformed, _naive_utc(clock()))
+
+
+def _read_signals(root: Path) -> dict[str, str]:
+    out: dict[str, str] = {}
+    if (root / SIGNALS).is_file():
+        for line in iter_lines(root / SIGNALS):
+            try:
+                item = parse_json(line)
+                if item["signals"] is not None:
+                    out.setdefault(item["executionId"], canonicalize(item["signals"]).decode("utf-8"))
+            except (CanonicalizationError, KeyError, TypeError):
+                continue  # unusable signals only make re-execution impossible later
+    return out
+
+
+def _read_policies(root: Path) -> list[tuple[str, str, str, str]]:
+    out = []
+    for path in sorted((root / POLICIES).glob("*/*/policy.json")) if (root / POLICIES).is_dir() else ():
+        try:
+            document = parse_json(path.read_bytes())
+            canonical = canonicalize(document)
+        except CanonicalizationError:
+            continue
+        out.append((path.parent.parent.name, path.parent.name, hashlib.sha256(canonical).hexdigest(), canonical.decode()))
+    return out
+
+
+def _import_rows(con, archive: str, rows, signals, policies, malformed, imported_at) -> ImportResult:
+    if rows:
+        columns = [_column(c) for c in zip(*rows)]
+        incoming = dict(zip(("line", *ATTESTATION_COLUMNS[1:]), columns))
+        with _Registered(con, incoming=incoming):
+            # the first line wins for an executionId repeated inside the archive itself
+            con.execute(
+                "CREATE OR REPLACE TEMP TABLE import_rows AS SELECT * FROM incoming QUALIFY row_number() OVER "
+                "(PARTITION BY executionId ORDER BY line) = 1"
+            )
+            inner = con.execute(
+                "SELECT b.line, a.executionId FROM incoming a JOIN import_rows b USING (executionId) "
+                "WHERE a.canonical <> b.canonical ORDER BY a.line"
+            ).fetchall()
+    else:
+        inner = []
+        con.execute("CREATE OR REPLACE TEMP TABLE import_rows AS SELECT 0 AS line, '' AS executionId, '' AS canonical LIMIT 0")
+    conflicts = [{"executionId": eid, "line": line, "with": "an earlier line of the archive"} for line, eid in inner]
+    clash = con.execute(
+        "SELECT i.line, i.executionId FROM import_rows i JOIN attestations a USING (executionId) "
+        "WHERE a.canonical <> i.canonical ORDER BY i.line"
+    ).fetchall()
+    conflicts += [{"executionId": eid, "line": line, "with": "the record already in the audit DB"} for line, eid in clash]
+    present = con.execute(
+        "SELECT count(*) FROM import_rows i JOIN attestations a USING (executionId) WHERE a.canonical = i.canonical"
+    ).fetchall()[0][0]
+    start = con.execute("SELECT coalesce(max(seq), 0) FROM attestations").fetchall()[0][0]
+    columns = ", ".join(c for c in ATTESTATION_COLUMNS[1:])
+    new_ids = [r[0] for r in con.execute(
+        "SELECT executionId FROM import_rows i WHERE NOT EXISTS (SELECT 1 FROM attestations a WHERE a.executionId = i.executionId) "
+        "ORDER BY line"
+    ).fetchall()]
+    con.execute(
+        f"INSERT INTO attestations SELECT ? + row_number() OVER (ORDER BY line), {columns} FROM import_rows i "
+        "WHERE NOT EXISTS (SELECT 1 FROM attestations a WHERE a.executionId = i.executionId)",
+        [start],
+    )
+    fresh_signals = [(eid, signals[eid]) for eid in new_ids if eid in signals]
+    if fresh_signals:
+        with _Registered(con, fresh_signals={"executionId": _column([e for e, _ in fresh_signals]),
+                                             "signals": _column([s for _, s in fresh_signals])}):
+            con.execute("INSERT INTO signals SELECT executionId, signals FROM fresh_signals")
+    added = 0
+    for pid, pver, bundle_hash, document in policies:
+        known = con.execute("SELECT bundleHash FROM policies WHERE policyId = ? AND policyVersion = ?", [pid, pver]).fetchall()
+        if not known:
+            con.execute("INSERT INTO policies VALUES (?, ?, ?, ?, ?)", [pid, pver, bundle_hash, document, imported_at])
+            added += 1
+        elif known[0][0] != bundle_hash:
+            conflicts.append({"policy": f"{pid}@{pver}", "with": "a different document already in the audit DB"})
+    con.execute("DROP TABLE IF EXISTS import_rows")
+    return ImportResult(
+        archive=archive,
+        inserted=len(new_ids),
+        already_present=present,
+        conflicts=conflicts,
+        malformed=malformed,
+        policies_added=added,
+    )
+

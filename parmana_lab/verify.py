@@ -1,0 +1,521 @@
+"""Offline verification: one attestation, or whole archives in bulk.
+
+Trust comes from the verifier's trust store only (never from the archive's
+keys.json unless explicitly asked). Each attestation gets a status per check
+and one primary reason code, the most fundamental failure:
+
+    MALFORMED > KEY_UNKNOWN > SIGNATURE_INVALID > KEY_REVOKED > KEY_NOT_VALID_AT_ISSUE
+    > content checks (fingerprint, signals hash, policy, bundle, decision, duplicate)
+    > RUNTIME_UNKNOWN (a warning: another runtime, not tampering)
+
+The per-line work is a pure function of (line, signals line, context), so it
+runs the same in-process or in worker processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing as mp
+import os
+import pickle
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from itertools import chain, repeat
+from multiprocessing.context import BaseContext
+from pathlib import Path
+from typing import Any, Literal
+
+import nacl.bindings
+import nacl.exceptions
+import orjson
+import pandas as pd
+from pydantic import BaseModel, ConfigDict
+
+from ._gc import cyclic_gc_paused
+from .archive import (
+    ATTESTATIONS,
+    KEYS,
+    MANIFEST,
+    POLICIES,
+    SIGNALS,
+    ArchiveError,
+    ArchiveManifest,
+    iter_line_blocks,
+    manifest_message,
+    open_archive,
+)
+from .attestation import ExecutionAttestation, decode_signature, parse_attestation_line
+from .canonical import canonicalize, parse_json
+from .checks import (
+    _CHECK,
+    _RANK,
+    _STATUS,
+    CHECKS,
+    FAILED,
+    HINTS,
+    NOT_CHECKABLE,
+    CheckStatus,
+    Context,
+    PolicyEntry,
+    Row,
+    _SignalsAligner,
+    check_chunk,
+    check_line,
+)
+from .errors import CanonicalizationError, KeyStoreError, ParmanaError
+from .keys import TrustStore
+from .merkle import MerkleBuilder
+from .policy import Policy, parse_policy
+
+
+class Finding(BaseModel):
+    """One failed (or warning) check with what was expected and what was seen."""
+
+    model_config = ConfigDict(frozen=True)
+    code: str
+    check: str
+    expected: str
+    observed: str
+
+
+class VerificationResult(BaseModel):
+    """The verdict on one attestation."""
+
+    model_config = ConfigDict(frozen=True)
+    executionId: str | None
+    line: int | None = None
+    status: Literal["verified", "warning", "failed"]
+    code: str
+    checks: dict[str, CheckStatus]
+    expected: str | None = None
+    observed: str | None = None
+    hint: str
+    findings: list[Finding] = []
+    policyId: str | None = None
+    policyVersion: str | None = None
+    action: str | None = None
+
+    @property
+    def valid(self) -> bool:
+        return self.status != "failed"
+
+    def _repr_html_(self) -> str:
+        from ._html import verification_html
+
+        return verification_html(self)
+
+
+# -- the verification context (what a verifier trusts and knows) -------------------------
+
+
+def load_archive_policies(root: Path) -> dict[tuple[str, str], PolicyEntry]:
+    out: dict[tuple[str, str], PolicyEntry] = {}
+    folder = root / POLICIES
+    for path in sorted(folder.glob("*/*/policy.json")) if folder.is_dir() else ():
+        key = (path.parent.parent.name, path.parent.name)
+        try:
+            document = parse_json(path.read_bytes())
+            bundle_hash = hashlib.sha256(canonicalize(document)).hexdigest()
+        except (CanonicalizationError, OSError) as exc:
+            out[key] = PolicyEntry(None, None, f"policy file unusable: {exc}")
+            continue
+        try:
+            policy = parse_policy(document, source=f"{POLICIES}/{key[0]}/{key[1]}/policy.json")
+            problem = None
+            if policy.key != key:
+                policy, problem = None, f"policy file names {document.get('policyId')} {document.get('policyVersion')}"
+        except ParmanaError as exc:
+            policy, problem = None, str(exc)
+        out[key] = PolicyEntry(bundle_hash, policy, problem)
+    return out
+
+
+# -- one line ---------------------------------------------------------------------------
+
+
+# -- single attestation API --------------------------------------------------------------
+
+
+def verify_attestation(
+    attestation: ExecutionAttestation | dict[str, Any] | str | bytes,
+    trust_store: TrustStore,
+    *,
+    signals: dict[str, Any] | None = None,
+    policy: Policy | None = None,
+    known_runtimes: Iterable[str] | None = None,
+) -> VerificationResult:
+    """Verify one attestation offline; signals and the policy enable the content checks."""
+    if isinstance(attestation, ExecutionAttestation):
+        line = attestation.canonical()
+    elif isinstance(attestation, dict):
+        try:
+            line = canonicalize(attestation)
+        except ParmanaError as exc:
+            line = repr(exc).encode()
+    else:
+        line = attestation.encode("utf-8") if isinstance(attestation, str) else bytes(attestation)
+    ctx = Context.build(trust_store, known_runtimes)
+    if policy is not None:
+        ctx.policies[policy.key] = PolicyEntry(policy.bundleHash, policy, None)
+    else:
+        obj, _ = parse_attestation_line(line)
+        if obj is not None:  # no policy given: that check cannot run, it has not failed
+            ctx.policies[(obj["policyId"], obj["policyVersion"])] = PolicyEntry(obj["bundleHash"], None, None)
+    signals_line = None
+    if signals is not None:
+        obj, _ = parse_attestation_line(line)
+        eid = obj["executionId"] if obj else None
+        signals_line = orjson.dumps({"executionId": eid, "signals": signals})
+    row = check_line(0, line, signals_line, ctx)
+    if policy is None:
+        row = _mark(row, "policy", NOT_CHECKABLE)
+    return _result(row, with_line=False)
+
+
+def _mark(row: Row, check: str, status: int) -> Row:
+    st = bytearray(row[6])
+    st[_CHECK[check]] = status
+    return (*row[:6], bytes(st), row[7])
+
+
+def _result(row: Row, *, with_line: bool = True) -> VerificationResult:
+    number, eid, pid, pver, action, _, statuses, findings = row
+    checks = {name: _STATUS[s] for name, s in zip(CHECKS, statuses)}
+    ordered = sorted(findings, key=lambda f: _RANK[f[0]])
+    failed = [f for f in ordered if f[0] != "RUNTIME_UNKNOWN"]
+    if failed:
+        status, top = "failed", failed[0]
+    elif ordered:
+        status, top = "warning", ordered[0]
+    else:
+        status, top = "verified", None
+    return VerificationResult(
+        executionId=eid,
+        line=number if with_line else None,
+        status=status,
+        code=top[0] if top else "VERIFIED",
+        checks=checks,
+        expected=top[2] if top else None,
+        observed=top[3] if top else None,
+        hint=HINTS[top[0] if top else "VERIFIED"],
+        findings=[Finding(code=c, check=k, expected=e, observed=o) for c, k, e, o in ordered],
+        policyId=pid,
+        policyVersion=pver,
+        action=action,
+    )
+
+
+# -- archives -----------------------------------------------------------------------------
+
+
+class ArchiveCheck(BaseModel):
+    """An archive-level finding (manifest, file hashes, count, Merkle root)."""
+
+    code: str
+    expected: str
+    observed: str
+    lines: str | None = None
+    hint: str
+
+
+ARCHIVE_HINTS = {
+    "MANIFEST_MALFORMED": "manifest.json is missing or not a valid v1 manifest: nothing in the archive can be tied together",
+    "MANIFEST_KEY_UNKNOWN": "the manifest is signed by a key your trust store does not hold",
+    "MANIFEST_SIGNATURE_INVALID": "the manifest's signature does not verify: the manifest was edited or forged",
+    "FILE_HASH_MISMATCH": "a file differs from what the manifest lists (edited, added or removed)",
+    "COUNT_MISMATCH": "attestations.jsonl has another number of lines than the manifest says",
+    "MERKLE_ROOT_MISMATCH": "the attestation lines are not the ones exported: lines were deleted, inserted or reordered",
+}
+
+
+class ArchiveSummary(BaseModel):
+    source: str
+    status: Literal["verified", "failed"]
+    total: int
+    verified: int
+    warnings: int
+    failed: int
+    codes: dict[str, int]
+    archive_codes: list[str]
+    trust: str
+
+
+class ArchiveReport(BaseModel):
+    """The result of verifying one archive: archive-level checks plus one row per attestation."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    source: str
+    trust: str
+    archive_checks: list[ArchiveCheck]
+    rows: list[Row]  # compact form; use results(), to_pandas(), failures()
+
+    def __repr__(self) -> str:
+        s = self.summary
+        return f"ArchiveReport({s.source!r}: {s.status}, {s.verified}/{s.total} verified, {s.failed} failed)"
+
+    @property
+    def status(self) -> Literal["verified", "failed"]:
+        return self.summary.status
+
+    @property
+    def summary(self) -> ArchiveSummary:
+        codes = Counter(_primary(r) for r in self.rows)
+        failed = sum(n for c, n in codes.items() if c not in ("VERIFIED", "RUNTIME_UNKNOWN"))
+        archive_codes = sorted({c.code for c in self.archive_checks})
+        return ArchiveSummary(
+            source=self.source,
+            status="failed" if failed or archive_codes else "verified",
+            total=len(self.rows),
+            verified=codes.get("VERIFIED", 0),
+            warnings=codes.get("RUNTIME_UNKNOWN", 0),
+            failed=failed,
+            codes=dict(sorted(codes.items(), key=lambda kv: _RANK.get(kv[0], -1))),
+            archive_codes=archive_codes,
+            trust=self.trust,
+        )
+
+    def results(self) -> Iterator[VerificationResult]:
+        for row in self.rows:
+            yield _result(row)
+
+    def failures(self) -> list[VerificationResult]:
+        return [_result(r) for r in self.rows if r[7] and _primary(r) != "RUNTIME_UNKNOWN"]
+
+    def to_pandas(self) -> pd.DataFrame:
+        """One row per attestation: ids, policy, decided action, every check, the reason code and hint."""
+        data: dict[str, list[Any]] = {
+            "line": [r[0] for r in self.rows],
+            "executionId": [r[1] for r in self.rows],
+            "policyId": [r[2] for r in self.rows],
+            "policyVersion": [r[3] for r in self.rows],
+            "action": [r[4] for r in self.rows],
+        }
+        for i, name in enumerate(CHECKS):
+            data[name] = [_STATUS[r[6][i]] for r in self.rows]
+        codes = [_primary(r) for r in self.rows]
+        data["status"] = ["verified" if c == "VERIFIED" else "warning" if c == "RUNTIME_UNKNOWN" else "failed" for c in codes]
+        data["code"] = codes
+        data["hint"] = [HINTS[c] for c in codes]
+        return pd.DataFrame(data)
+
+    def to_markdown(self) -> str:
+        from .reports import archive_markdown
+
+        return archive_markdown(self)
+
+    def to_html(self) -> str:
+        from .reports import archive_html
+
+        return archive_html(self)
+
+    def _repr_html_(self) -> str:
+        return self.to_html()
+
+
+def _primary(row: Row) -> str:
+    findings = row[7]
+    if not findings:
+        return "VERIFIED"
+    return min((f[0] for f in findings), key=_RANK.__getitem__)
+
+
+def verify_archive(
+    path: str | Path,
+    trust_store: TrustStore | str | Path | None,
+    *,
+    workers: int = 1,
+    progress: bool = True,
+    known_runtimes: Iterable[str] | None = None,
+    trust_archive_keys: bool = False,
+    chunk_lines: int = 2_000,
+) -> ArchiveReport:
+    """Verify an archive (directory, .zip or .tar.gz) offline against a trust store."""
+    with open_archive(path) as root:
+        return _verify_tree(Path(path), root, trust_store, workers, progress, known_runtimes, trust_archive_keys, chunk_lines)
+
+
+def _load_trust(trust_store: TrustStore | str | Path | None) -> TrustStore:
+    if isinstance(trust_store, TrustStore):
+        return trust_store
+    if trust_store is None:
+        return TrustStore()
+    return TrustStore.load(trust_store)
+
+
+def _verify_tree(source, root, trust_store, workers, progress, known_runtimes, trust_archive_keys, chunk_lines) -> ArchiveReport:
+    store = _load_trust(trust_store)
+    trust = "verifier trust store"
+    if trust_archive_keys:
+        try:
+            archive_keys = TrustStore.from_json((root / KEYS).read_bytes(), source=f"{source}/{KEYS}")
+        except (OSError, KeyStoreError) as exc:
+            raise ArchiveError("ARC-005", f"--trust-archive-keys given but the archive's {KEYS} is unusable: {exc}") from None
+        store = store.merged(archive_keys.keys)
+        trust = "verifier trust store + the archive's own keys.json (explicitly trusted: proves integrity, not authorship)"
+    if not (root / ATTESTATIONS).is_file():
+        raise ArchiveError("ARC-005", f"{source} has no {ATTESTATIONS}; is this a parmana archive?")
+    checks: list[ArchiveCheck] = []
+    manifest = _check_manifest(root, store, checks)
+    signals_path = root / SIGNALS
+    ctx = Context.build(store, known_runtimes, policies=load_archive_policies(root), signals_available=signals_path.is_file())
+    att_digest = hashlib.sha256()
+    merkle = MerkleBuilder()
+
+    def blocks() -> Iterator[list[tuple[int, bytes, bytes | None]]]:
+        """(line number, attestation line, its signals line) in blocks, Merkle root built on the way."""
+        signals = _SignalsAligner(chain.from_iterable(iter_line_blocks(signals_path))) if ctx.signals_available else None
+        number = 0
+        for lines in iter_line_blocks(root / ATTESTATIONS, digest=att_digest):
+            merkle.add_many(lines)
+            start, number = number + 1, number + len(lines)
+            if signals is None:
+                yield list(zip(range(start, number + 1), lines, repeat(None)))
+            else:
+                yield list(zip(range(start, number + 1), lines, map(signals.for_line, lines)))
+
+    total = manifest.count if manifest is not None else None
+    rows = _run_checks(blocks(), ctx, workers, chunk_lines, progress, total, str(source))
+    _mark_duplicates(rows)
+    if manifest is not None:
+        _check_files(root, manifest, att_digest.hexdigest(), checks)
+        if manifest.count != len(rows):
+            checks.append(_archive_check("COUNT_MISMATCH", str(manifest.count), str(len(rows)),
+                                         lines="lines were removed or added; which ones is told by the Merkle root only"))
+        root_hash = merkle.root()
+        if manifest.merkleRoot != root_hash:
+            checks.append(_archive_check("MERKLE_ROOT_MISMATCH", manifest.merkleRoot, root_hash,
+                                         lines="unknown: the manifest holds only the root, not per-line hashes"))
+    return ArchiveReport(source=source.name, trust=trust, archive_checks=checks, rows=rows)
+
+
+def _archive_check(code: str, expected: str, observed: str, lines: str | None = None) -> ArchiveCheck:
+    return ArchiveCheck(code=code, expected=expected, observed=observed, lines=lines, hint=ARCHIVE_HINTS[code])
+
+
+def _check_manifest(root: Path, store: TrustStore, checks: list[ArchiveCheck]) -> ArchiveManifest | None:
+    try:
+        raw = parse_json((root / MANIFEST).read_bytes())
+        manifest = ArchiveManifest.model_validate(raw)
+    except FileNotFoundError:
+        checks.append(_archive_check("MANIFEST_MALFORMED", MANIFEST, "absent"))
+        return None
+    except (CanonicalizationError, ValueError, OSError) as exc:
+        checks.append(_archive_check("MANIFEST_MALFORMED", "a valid v1 manifest", str(exc).splitlines()[0]))
+        return None
+    trusted = next((k for k in store.keys if k.keyId == manifest.signerKeyId), None)
+    if trusted is None:
+        checks.append(_archive_check("MANIFEST_KEY_UNKNOWN", "a key in the trust store", f"signerKeyId {manifest.signerKeyId}"))
+        return manifest
+    sig = decode_signature(manifest.signature)
+    try:
+        if sig is None:
+            raise nacl.exceptions.BadSignatureError
+        nacl.bindings.crypto_sign_open(sig + manifest_message(raw), trusted.raw_public_key)
+    except nacl.exceptions.BadSignatureError:
+        checks.append(_archive_check("MANIFEST_SIGNATURE_INVALID", f"a signature by {manifest.signerKeyId}", "does not verify"))
+    return manifest
+
+
+def _check_files(root: Path, manifest: ArchiveManifest, attestations_hash: str, checks: list[ArchiveCheck]) -> None:
+    present = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()} - {MANIFEST}
+    for name in sorted(present | manifest.files.keys()):
+        expected = manifest.files.get(name)
+        if name not in present:
+            checks.append(_archive_check("FILE_HASH_MISMATCH", f"{name} {expected}", "file absent"))
+            continue
+        observed = attestations_hash if name == ATTESTATIONS else _file_sha256(root / name)
+        if expected is None:
+            checks.append(_archive_check("FILE_HASH_MISMATCH", f"{name} not in the archive", "file present, not in the manifest"))
+        elif expected != observed:
+            checks.append(_archive_check("FILE_HASH_MISMATCH", f"{name} {expected}", observed))
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1024 * 1024):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _mark_duplicates(rows: list[Row]) -> None:
+    seen: set[str] = set()
+    first: dict[str, int] = {}
+    for i, row in enumerate(rows):
+        fp = row[5]
+        if fp is None:
+            continue
+        if fp in seen:
+            st = bytearray(row[6])
+            st[_CHECK["duplicate"]] = FAILED
+            finding = ("DUPLICATE_FINGERPRINT", "duplicate", f"first use at line {first[fp]}", f"used again at line {row[0]}")
+            rows[i] = (*row[:6], bytes(st), (*row[7], finding))
+        else:
+            seen.add(fp)
+            first[fp] = row[0]
+
+
+# -- running the checks, in-process or in workers ------------------------------------------
+
+def _run_checks(blocks, ctx: Context, workers: int, chunk_lines: int, progress: bool, total: int | None, label: str) -> list[Row]:
+    from tqdm.auto import tqdm
+
+    # workers start before the progress bar, whose monitor thread would rule out forking
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) if workers > 1 else None
+    bar = tqdm(total=total, unit="att", desc=f"verify {label}", disable=not progress, leave=False)
+    rows: list[Row] = []
+    try:
+        with cyclic_gc_paused():
+            if pool is None:
+                for block in blocks:
+                    rows += [check_line(n, line, sig, ctx) for n, line, sig in block]
+                    bar.update(len(block))
+            else:
+                blob = pickle.dumps(ctx)
+                # a bounded window of chunks in flight keeps memory flat on huge archives
+                window = workers * 4
+                futures: list = []
+                for block in blocks:
+                    for at in range(0, len(block), chunk_lines):
+                        futures.append(pool.submit(check_chunk, blob, block[at:at + chunk_lines]))
+                        if len(futures) >= window:
+                            done = futures.pop(0).result()
+                            rows.extend(done)
+                            bar.update(len(done))
+                for future in futures:
+                    done = future.result()
+                    rows.extend(done)
+                    bar.update(len(done))
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    return rows
+
+
+def _pool_context() -> BaseContext:
+    """How to start workers. Forking is fastest, but forking a process that runs
+    other threads (DuckDB's, a progress monitor's) can deadlock the child, so a
+    process with more than one thread gets workers from a fork server that has
+    imported only the light checks module instead."""
+    methods = mp.get_all_start_methods()
+    if "fork" in methods and _single_threaded():
+        return mp.get_context("fork")
+    if "forkserver" in methods:
+        context = mp.get_context("forkserver")
+        context.set_forkserver_preload(["parmana_lab.checks"])
+        return context
+    return mp.get_context("spawn")
+
+
+def _single_threaded() -> bool:
+    try:
+        return len(os.listdir("/proc/self/task")) == 1  # native threads too, not only Python's
+    except OSError:
+        return False
+
+
+def verify_archives(paths: Sequence[str | Path], trust_store: TrustStore | str | Path | None, **kw: Any) -> list[ArchiveReport]:
+    return [verify_archive(p, trust_store, **kw) for p in paths]
+
