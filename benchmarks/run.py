@@ -27,7 +27,7 @@ def _child(fn, queue) -> None:
         measures = fn()
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         for m in measures:
-            m.peak_mb = peak
+            m.peak_mb = m.peak_mb or peak
         queue.put(("ok", measures))
     except BaseException as exc:  # reported as a failed target, not a crash of the table
         queue.put(("error", f"{type(exc).__name__}: {exc}"))

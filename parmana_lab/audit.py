@@ -124,6 +124,7 @@ class AuditDB:
         self.transactions = 0
         self._lock = threading.RLock()
         self._con = _connect(self.path, read_only)
+        self._con.execute("SET enable_progress_bar = false")  # long exports must not scribble on stdout
         if not read_only:
             self._migrate()
         else:

@@ -18,6 +18,7 @@ import hashlib
 import multiprocessing as mp
 import os
 import pickle
+from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -28,9 +29,10 @@ from typing import Any, Literal
 
 import nacl.bindings
 import nacl.exceptions
+import numpy as np
 import orjson
 import pandas as pd
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from ._gc import cyclic_gc_paused
 from .archive import (
@@ -241,14 +243,116 @@ class ArchiveSummary(BaseModel):
     trust: str
 
 
+class RowTable:
+    """Per-attestation results in a few flat buffers (about 90 bytes a row).
+
+    A million-line archive must verify in well under 1 GiB: millions of small
+    Python objects would fragment the heap far past that. Lines are numbered
+    1..n in order; only lines with findings keep Python tuples.
+    """
+
+    def __init__(self) -> None:
+        self._ids = bytearray()
+        self._id_ends = array("Q")
+        self._kinds: list[tuple[str | None, str | None, str | None]] = []
+        self._kind_index: dict[tuple, int] = {}
+        self._kind_of = array("I")
+        self._statuses = bytearray()
+        self._fps = bytearray()
+        self.findings: dict[int, tuple] = {}  # 0-based row -> findings
+
+    def __len__(self) -> int:
+        return len(self._id_ends)
+
+    def add(self, chunk: list[Row]) -> None:
+        base = len(self)
+        ends, kinds, index = self._id_ends, self._kind_of, self._kind_index
+        end = len(self._ids)
+        for offset, (_, eid, pid, pver, action, fp, statuses, findings) in enumerate(chunk):
+            encoded = (eid or "").encode("utf-8", "surrogatepass")
+            self._ids += encoded
+            end += len(encoded)
+            ends.append(end)
+            key = (pid, pver, action)
+            kind = index.get(key)
+            if kind is None:
+                kind = index[key] = len(self._kinds)
+                self._kinds.append(key)
+            kinds.append(kind)
+            self._statuses += statuses
+            self._fps += bytes.fromhex(fp) if fp else _NO_FP
+            if findings:
+                self.findings[base + offset] = findings
+
+    def finish(self) -> None:
+        """Mark every later use of an execution_fingerprint as DUPLICATE_FINGERPRINT (sorting, not hashing)."""
+        n = len(self)
+        if n < 2:
+            return
+        fps = np.frombuffer(bytes(self._fps), dtype=">u8").reshape(n, 4)
+        order = np.lexsort((fps[:, 3], fps[:, 2], fps[:, 1], fps[:, 0]))  # stable: equal keys keep line order
+        ordered = fps[order]
+        same = np.all(ordered[1:] == ordered[:-1], axis=1) & np.any(ordered[1:] != 0, axis=1)
+        first = None
+        for k in range(1, n):
+            if same[k - 1]:
+                first = order[k - 1] if first is None else first
+                self._mark_duplicate(int(order[k]), int(first))
+            else:
+                first = None
+
+    def _mark_duplicate(self, row: int, first: int) -> None:
+        self._statuses[row * len(CHECKS) + _CHECK["duplicate"]] = FAILED
+        finding = ("DUPLICATE_FINGERPRINT", "duplicate", f"first use at line {first + 1}", f"used again at line {row + 1}")
+        self.findings[row] = (*self.findings.get(row, ()), finding)
+
+    def row(self, i: int) -> Row:
+        start = self._id_ends[i - 1] if i else 0
+        eid = self._ids[start:self._id_ends[i]].decode("utf-8", "surrogatepass") or None
+        pid, pver, action = self._kinds[self._kind_of[i]]
+        width = len(CHECKS)
+        return (i + 1, eid, pid, pver, action, None, bytes(self._statuses[i * width:(i + 1) * width]), self.findings.get(i, ()))
+
+    def __iter__(self) -> Iterator[Row]:
+        return (self.row(i) for i in range(len(self)))
+
+    def primary_codes(self) -> list[str]:
+        codes = ["VERIFIED"] * len(self)
+        for i, findings in self.findings.items():
+            codes[i] = min((f[0] for f in findings), key=_RANK.__getitem__)
+        return codes
+
+    def frame(self) -> dict[str, Any]:
+        n, width = len(self), len(CHECKS)
+        ends = np.frombuffer(self._id_ends, dtype=np.uint64) if n else np.zeros(0, np.uint64)
+        starts = np.concatenate((np.zeros(1, np.uint64), ends[:-1])) if n else ends
+        ids = bytes(self._ids)
+        kinds = np.frombuffer(self._kind_of, dtype=np.uint32) if n else np.zeros(0, np.uint32)
+        statuses = np.frombuffer(bytes(self._statuses), dtype=np.uint8).reshape(n, width)
+        names = np.array(_STATUS, dtype=object)
+        data: dict[str, Any] = {
+            "line": np.arange(1, n + 1),
+            "executionId": [ids[a:b].decode("utf-8", "surrogatepass") or None for a, b in zip(starts.tolist(), ends.tolist())],
+        }
+        for j, column in enumerate(("policyId", "policyVersion", "action")):
+            values = np.array([k[j] for k in self._kinds] or [None], dtype=object)
+            data[column] = values[kinds] if n else []
+        for j, name in enumerate(CHECKS):
+            data[name] = names[statuses[:, j]]
+        return data
+
+
+_NO_FP = bytes(32)
+
+
 class ArchiveReport(BaseModel):
-    """The result of verifying one archive: archive-level checks plus one row per attestation."""
+    """The result of verifying one archive: archive-level checks plus one result per attestation."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
     source: str
     trust: str
     archive_checks: list[ArchiveCheck]
-    rows: list[Row]  # compact form; use results(), to_pandas(), failures()
+    table: RowTable = Field(repr=False, exclude=True)
 
     def __repr__(self) -> str:
         s = self.summary
@@ -260,13 +364,16 @@ class ArchiveReport(BaseModel):
 
     @property
     def summary(self) -> ArchiveSummary:
-        codes = Counter(_primary(r) for r in self.rows)
+        total = len(self.table)
+        codes = Counter(min((f[0] for f in fs), key=_RANK.__getitem__) for fs in self.table.findings.values())
+        if total - len(self.table.findings):
+            codes["VERIFIED"] = total - len(self.table.findings)
         failed = sum(n for c, n in codes.items() if c not in ("VERIFIED", "RUNTIME_UNKNOWN"))
         archive_codes = sorted({c.code for c in self.archive_checks})
         return ArchiveSummary(
             source=self.source,
             status="failed" if failed or archive_codes else "verified",
-            total=len(self.rows),
+            total=total,
             verified=codes.get("VERIFIED", 0),
             warnings=codes.get("RUNTIME_UNKNOWN", 0),
             failed=failed,
@@ -276,24 +383,20 @@ class ArchiveReport(BaseModel):
         )
 
     def results(self) -> Iterator[VerificationResult]:
-        for row in self.rows:
+        for row in self.table:
             yield _result(row)
 
     def failures(self) -> list[VerificationResult]:
-        return [_result(r) for r in self.rows if r[7] and _primary(r) != "RUNTIME_UNKNOWN"]
+        table = self.table
+        return [
+            _result(table.row(i)) for i in sorted(table.findings)
+            if any(f[0] != "RUNTIME_UNKNOWN" for f in table.findings[i])
+        ]
 
     def to_pandas(self) -> pd.DataFrame:
         """One row per attestation: ids, policy, decided action, every check, the reason code and hint."""
-        data: dict[str, list[Any]] = {
-            "line": [r[0] for r in self.rows],
-            "executionId": [r[1] for r in self.rows],
-            "policyId": [r[2] for r in self.rows],
-            "policyVersion": [r[3] for r in self.rows],
-            "action": [r[4] for r in self.rows],
-        }
-        for i, name in enumerate(CHECKS):
-            data[name] = [_STATUS[r[6][i]] for r in self.rows]
-        codes = [_primary(r) for r in self.rows]
+        data = self.table.frame()
+        codes = self.table.primary_codes()
         data["status"] = ["verified" if c == "VERIFIED" else "warning" if c == "RUNTIME_UNKNOWN" else "failed" for c in codes]
         data["code"] = codes
         data["hint"] = [HINTS[c] for c in codes]
@@ -311,13 +414,6 @@ class ArchiveReport(BaseModel):
 
     def _repr_html_(self) -> str:
         return self.to_html()
-
-
-def _primary(row: Row) -> str:
-    findings = row[7]
-    if not findings:
-        return "VERIFIED"
-    return min((f[0] for f in findings), key=_RANK.__getitem__)
 
 
 def verify_archive(
@@ -375,18 +471,17 @@ def _verify_tree(source, root, trust_store, workers, progress, known_runtimes, t
                 yield list(zip(range(start, number + 1), lines, map(signals.for_line, lines)))
 
     total = manifest.count if manifest is not None else None
-    rows = _run_checks(blocks(), ctx, workers, chunk_lines, progress, total, str(source))
-    _mark_duplicates(rows)
+    table = _run_checks(blocks(), ctx, workers, chunk_lines, progress, total, str(source))
     if manifest is not None:
         _check_files(root, manifest, att_digest.hexdigest(), checks)
-        if manifest.count != len(rows):
-            checks.append(_archive_check("COUNT_MISMATCH", str(manifest.count), str(len(rows)),
+        if manifest.count != len(table):
+            checks.append(_archive_check("COUNT_MISMATCH", str(manifest.count), str(len(table)),
                                          lines="lines were removed or added; which ones is told by the Merkle root only"))
         root_hash = merkle.root()
         if manifest.merkleRoot != root_hash:
             checks.append(_archive_check("MERKLE_ROOT_MISMATCH", manifest.merkleRoot, root_hash,
                                          lines="unknown: the manifest holds only the root, not per-line hashes"))
-    return ArchiveReport(source=source.name, trust=trust, archive_checks=checks, rows=rows)
+    return ArchiveReport(source=source.name, trust=trust, archive_checks=checks, table=table)
 
 
 def _archive_check(code: str, expected: str, observed: str, lines: str | None = None) -> ArchiveCheck:
@@ -439,37 +534,20 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _mark_duplicates(rows: list[Row]) -> None:
-    seen: set[str] = set()
-    first: dict[str, int] = {}
-    for i, row in enumerate(rows):
-        fp = row[5]
-        if fp is None:
-            continue
-        if fp in seen:
-            st = bytearray(row[6])
-            st[_CHECK["duplicate"]] = FAILED
-            finding = ("DUPLICATE_FINGERPRINT", "duplicate", f"first use at line {first[fp]}", f"used again at line {row[0]}")
-            rows[i] = (*row[:6], bytes(st), (*row[7], finding))
-        else:
-            seen.add(fp)
-            first[fp] = row[0]
-
-
 # -- running the checks, in-process or in workers ------------------------------------------
 
-def _run_checks(blocks, ctx: Context, workers: int, chunk_lines: int, progress: bool, total: int | None, label: str) -> list[Row]:
+def _run_checks(blocks, ctx: Context, workers: int, chunk_lines: int, progress: bool, total: int | None, label: str) -> RowTable:
     from tqdm.auto import tqdm
 
     # workers start before the progress bar, whose monitor thread would rule out forking
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) if workers > 1 else None
     bar = tqdm(total=total, unit="att", desc=f"verify {label}", disable=not progress, leave=False)
-    rows: list[Row] = []
+    collector = RowTable()
     try:
         with cyclic_gc_paused():
             if pool is None:
                 for block in blocks:
-                    rows += [check_line(n, line, sig, ctx) for n, line, sig in block]
+                    collector.add([check_line(n, line, sig, ctx) for n, line, sig in block])
                     bar.update(len(block))
             else:
                 blob = pickle.dumps(ctx)
@@ -481,17 +559,18 @@ def _run_checks(blocks, ctx: Context, workers: int, chunk_lines: int, progress: 
                         futures.append(pool.submit(check_chunk, blob, block[at:at + chunk_lines]))
                         if len(futures) >= window:
                             done = futures.pop(0).result()
-                            rows.extend(done)
+                            collector.add(done)
                             bar.update(len(done))
                 for future in futures:
                     done = future.result()
-                    rows.extend(done)
+                    collector.add(done)
                     bar.update(len(done))
     finally:
         bar.close()
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    return rows
+    collector.finish()
+    return collector
 
 
 def _pool_context() -> BaseContext:
