@@ -88,11 +88,12 @@ def bench_workers(n: int = 100_000) -> list[Measure]:
 
 
 _VERIFY_ONE = """
-import resource, sys
+import sys
+from benchmarks.common import peak_rss_mb
 from parmana_lab import TrustStore, verify_archive
 report = verify_archive(sys.argv[1], TrustStore.load(sys.argv[2]), workers=1, progress=False)
 assert report.summary.verified == int(sys.argv[3]), report.summary
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(peak_rss_mb())
 """
 
 
@@ -103,10 +104,10 @@ def bench_memory(n: int = 1_000_000) -> list[Measure]:
         trust = Path(tmp) / "trust.json"
         trust.write_text(store.to_json())
         out = subprocess.run([sys.executable, "-c", _VERIFY_ONE, str(path), str(trust), str(n)],
-                             capture_output=True, text=True)
+                             capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
         if out.returncode:
             raise RuntimeError(out.stderr[-2000:])
-        peak_mb = int(out.stdout.strip().splitlines()[-1]) / 1024
+        peak_mb = float(out.stdout.strip().splitlines()[-1])
     return [Measure(f"peak memory verifying {n:,} attestations (MB vs 1 GiB)", peak_mb, 1024.0, "MB", 1.0,
                     higher_is_better=False, peak_mb=peak_mb)]
 

@@ -49,3 +49,18 @@ def interleaved(kit: Callable[[], int], bare: Callable[[], int], rounds: int = 5
         b = max(b, best_rate(bare, 1))
         k = max(k, best_rate(kit, 1))
     return k, b
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM, not getrusage: Linux carries a
+    parent's ru_maxrss over fork and exec, which would charge the parent's memory."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import platform
-import resource
 import sys
 from pathlib import Path
 
@@ -17,7 +16,7 @@ if __package__ in (None, ""):
     __package__ = "benchmarks"
 
 from benchmarks import bench_runtime, bench_verify  # noqa: E402
-from benchmarks.common import Measure  # noqa: E402
+from benchmarks.common import Measure, peak_rss_mb  # noqa: E402
 
 MODULES = (bench_runtime, bench_verify)
 
@@ -25,7 +24,7 @@ MODULES = (bench_runtime, bench_verify)
 def _child(fn, queue) -> None:
     try:
         measures = fn()
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak = peak_rss_mb()
         for m in measures:
             m.peak_mb = m.peak_mb or peak
         queue.put(("ok", measures))

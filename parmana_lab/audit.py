@@ -227,17 +227,6 @@ class AuditDB:
     def replay_states(self) -> pd.DataFrame:
         return self.sql("SELECT * FROM replay ORDER BY reserved_at")
 
-    def canonical_attestations(self, where: str = "", params: Sequence[Any] = (), batch: int = 10_000) -> Iterator[str]:
-        """Each attestation's canonical JSON, in audit order, streamed in batches."""
-        with self._lock:
-            cur = self.connection.cursor()
-        try:
-            cur.execute(f"SELECT canonical FROM attestations {where} ORDER BY seq", list(params))
-            while rows := cur.fetchmany(batch):
-                for (text,) in rows:
-                    yield text
-        finally:
-            cur.close()
 
 
 def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:

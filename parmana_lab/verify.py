@@ -20,7 +20,7 @@ import os
 import pickle
 from array import array
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from itertools import chain, repeat
 from multiprocessing.context import BaseContext
@@ -593,8 +593,3 @@ def _single_threaded() -> bool:
         return len(os.listdir("/proc/self/task")) == 1  # native threads too, not only Python's
     except OSError:
         return False
-
-
-def verify_archives(paths: Sequence[str | Path], trust_store: TrustStore | str | Path | None, **kw: Any) -> list[ArchiveReport]:
-    return [verify_archive(p, trust_store, **kw) for p in paths]
-
