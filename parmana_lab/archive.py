@@ -287,23 +287,42 @@ def _copy_limited(src, dst: Path, declared: int, archive: Path, name: str) -> No
             out.write(chunk)
 
 
+class _Member:
+    """One container entry, described the same way for zip and tar."""
+
+    def __init__(self, name: str, size: int, kind: str, open_fn) -> None:
+        self.name, self.size, self.kind, self.open = name, size, kind, open_fn  # kind: file, dir, link, special
+
+
+def _unpack(path: Path, target: Path, members: list[_Member], max_bytes: int) -> None:
+    _check_totals(path, len(members), sum(m.size for m in members), max_bytes)
+    for member in members:
+        pure = _safe_name(member.name, path)
+        if member.kind in ("link", "special"):
+            what = "a link" if member.kind == "link" else "a special file"
+            raise ArchiveError("ARC-003", f"{path}: member {member.name!r} is {what}; archives hold plain files only")
+        dest = target.joinpath(*pure.parts)
+        if member.kind == "dir":
+            dest.mkdir(parents=True, exist_ok=True)
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        src = member.open()
+        if src is None:
+            raise ArchiveError("ARC-001", f"{path}: member {member.name!r} cannot be read")
+        with src:
+            _copy_limited(src, dest, member.size, path, member.name)
+
+
 def _unzip(path: Path, target: Path, max_bytes: int) -> None:
     try:
         with zipfile.ZipFile(path) as zf:
-            infos = zf.infolist()
-            _check_totals(path, len(infos), sum(i.file_size for i in infos), max_bytes)
-            for info in infos:
-                pure = _safe_name(info.filename, path)
-                mode = info.external_attr >> 16
-                if stat.S_ISLNK(mode):
-                    raise ArchiveError("ARC-003", f"{path}: member {info.filename!r} is a link; archives hold plain files only")
-                dest = target.joinpath(*pure.parts)
-                if info.is_dir():
-                    dest.mkdir(parents=True, exist_ok=True)
-                    continue
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src:
-                    _copy_limited(src, dest, info.file_size, path, info.filename)
+            members = [
+                _Member(i.filename, i.file_size,
+                        "link" if stat.S_ISLNK(i.external_attr >> 16) else "dir" if i.is_dir() else "file",
+                        lambda i=i: zf.open(i))
+                for i in zf.infolist()
+            ]
+            _unpack(path, target, members, max_bytes)
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise ArchiveError("ARC-001", f"{path}: damaged zip ({exc})") from None
 
@@ -311,24 +330,13 @@ def _unzip(path: Path, target: Path, max_bytes: int) -> None:
 def _untar(path: Path, target: Path, max_bytes: int) -> None:
     try:
         with tarfile.open(path, "r:*") as tf:
-            members = tf.getmembers()
-            _check_totals(path, len(members), sum(m.size for m in members), max_bytes)
-            for member in members:
-                pure = _safe_name(member.name, path)
-                if member.issym() or member.islnk():
-                    raise ArchiveError("ARC-003", f"{path}: member {member.name!r} is a link; archives hold plain files only")
-                if not (member.isfile() or member.isdir()):
-                    raise ArchiveError("ARC-003", f"{path}: member {member.name!r} is a special file; archives hold plain files only")
-                dest = target.joinpath(*pure.parts)
-                if member.isdir():
-                    dest.mkdir(parents=True, exist_ok=True)
-                    continue
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                src = tf.extractfile(member)
-                if src is None:
-                    raise ArchiveError("ARC-001", f"{path}: member {member.name!r} cannot be read")
-                with src:
-                    _copy_limited(src, dest, member.size, path, member.name)
+            members = [
+                _Member(m.name, m.size,
+                        "link" if m.issym() or m.islnk() else "dir" if m.isdir() else "file" if m.isfile() else "special",
+                        lambda m=m: tf.extractfile(m))
+                for m in tf.getmembers()
+            ]
+            _unpack(path, target, members, max_bytes)
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise ArchiveError("ARC-001", f"{path}: damaged tar.gz ({exc})") from None
 

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -21,29 +22,15 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from .attestation import FIELDS
 from .errors import AuditStoreError
 
 SCHEMA_VERSION = 1
+DECISION_FIELDS = ("action", "requires_override", "reason", "ruleId")
+# every attestation member as a column (decision flattened), in wire order, then the canonical JSON
 ATTESTATION_COLUMNS = (
     "seq",
-    "executionId",
-    "execution_fingerprint",
-    "policyId",
-    "policyVersion",
-    "schemaVersion",
-    "runtimeVersion",
-    "runtimeHash",
-    "evaluatorArtifactHash",
-    "signalsHash",
-    "bundleHash",
-    "decision_action",
-    "decision_requires_override",
-    "decision_reason",
-    "decision_ruleId",
-    "execution_state",
-    "issuedAt",
-    "signerKeyId",
-    "signature",
+    *chain.from_iterable(((f"decision_{d}" for d in DECISION_FIELDS) if f == "decision" else (f,)) for f in FIELDS),
     "canonical",
 )
 
@@ -384,7 +371,7 @@ def confirm(db: AuditDB, templates: list[dict[str, Any]], rows: list[tuple], *, 
     shared = {
         "tpl": np.arange(len(templates), dtype=np.int64),
         **{name: _column([t[name] for t in templates]) for name in _SHARED_FIELDS},
-        **{f"decision_{name}": _column([t["decision"][name] for t in templates]) for name in _DECISION_FIELDS},
+        **{f"decision_{name}": _column([t["decision"][name] for t in templates]) for name in DECISION_FIELDS},
     }
     columns = [_column(c) for c in zip(*rows)]
     with db.transaction() as con:
@@ -403,7 +390,6 @@ def confirm(db: AuditDB, templates: list[dict[str, Any]], rows: list[tuple], *, 
             )
 
 
-_DECISION_FIELDS = ("action", "requires_override", "reason", "ruleId")
 _ROW_FIELDS = ("tpl", "executionId", "execution_fingerprint", "signalsHash", "issuedAt", "signature", "canonical", "signals")
 _SHARED_FIELDS = tuple(
     c for c in ATTESTATION_COLUMNS if c not in _ROW_FIELDS and c != "seq" and not c.startswith("decision_")

@@ -11,6 +11,7 @@ import pickle
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from hashlib import sha256
+from itertools import repeat
 from typing import Any, Literal
 
 import orjson
@@ -22,6 +23,7 @@ from .canonical import canonicalize, fingerprint_payload
 from .errors import ParmanaError
 from .evaluate import decide_index
 from .keys import TrustedKey, TrustStore
+from .merkle import leaf_hash
 from .policy import Policy
 from .provenance import runtime_hash, runtime_manifest
 from .validation import validate_signals
@@ -339,10 +341,15 @@ def _guess_id(line: bytes) -> str | None:
 _WORKER_CTX: tuple[bytes, Context] | None = None
 
 
-def check_chunk(ctx_blob: bytes, chunk: list[tuple[int, bytes, bytes | None]]) -> list[Row]:
+def check_chunk(ctx_blob: bytes, chunk: tuple[int, bytes, bytes | list[bytes | None] | None]) -> tuple[list[Row], bytes]:
+    """A worker's share: the rows of a run of lines, and their Merkle leaf hashes (joined)."""
     global _WORKER_CTX
     if _WORKER_CTX is None or _WORKER_CTX[0] != ctx_blob:
         _WORKER_CTX = (ctx_blob, pickle.loads(ctx_blob))
     ctx = _WORKER_CTX[1]
+    start, joined, sigs = chunk
+    lines = joined.split(b"\n")
+    signals = sigs.split(b"\n") if isinstance(sigs, bytes) else sigs or repeat(None)
     with cyclic_gc_paused():
-        return [check_line(n, line, sig, ctx) for n, line, sig in chunk]
+        rows = [check_line(start + i, line, sig, ctx) for i, (line, sig) in enumerate(zip(lines, signals))]
+    return rows, b"".join(leaf_hash(line) for line in lines)

@@ -34,6 +34,11 @@ class MerkleBuilder:
     def add(self, line: bytes) -> None:
         self.add_leaf_hash(leaf_hash(line))
 
+    def add_leaf_hashes(self, leaves: bytes) -> None:
+        """Leaf hashes computed elsewhere (workers), 32 bytes each, in order."""
+        for at in range(0, len(leaves), 32):
+            self.add_leaf_hash(leaves[at:at + 32])
+
     def add_many(self, lines: list[bytes]) -> None:
         """``add`` for a block of lines, with the per-leaf work kept in one loop."""
         stack, new = self._stack, _LEAF.copy

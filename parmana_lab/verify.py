@@ -458,20 +458,16 @@ def _verify_tree(source, root, trust_store, workers, progress, known_runtimes, t
     att_digest = hashlib.sha256()
     merkle = MerkleBuilder()
 
-    def blocks() -> Iterator[list[tuple[int, bytes, bytes | None]]]:
-        """(line number, attestation line, its signals line) in blocks, Merkle root built on the way."""
+    def blocks() -> Iterator[tuple[int, list[bytes], list[bytes | None] | None]]:
+        """(first line number, attestation lines, their paired signals lines or None) per block read."""
         signals = _SignalsAligner(chain.from_iterable(iter_line_blocks(signals_path))) if ctx.signals_available else None
         number = 0
         for lines in iter_line_blocks(root / ATTESTATIONS, digest=att_digest):
-            merkle.add_many(lines)
-            start, number = number + 1, number + len(lines)
-            if signals is None:
-                yield list(zip(range(start, number + 1), lines, repeat(None)))
-            else:
-                yield list(zip(range(start, number + 1), lines, map(signals.for_line, lines)))
+            yield number + 1, lines, list(map(signals.for_line, lines)) if signals is not None else None
+            number += len(lines)
 
     total = manifest.count if manifest is not None else None
-    table = _run_checks(blocks(), ctx, workers, chunk_lines, progress, total, str(source))
+    table = _run_checks(blocks(), ctx, merkle, workers, chunk_lines, progress, total, str(source))
     if manifest is not None:
         _check_files(root, manifest, att_digest.hexdigest(), checks)
         if manifest.count != len(table):
@@ -536,7 +532,8 @@ def _file_sha256(path: Path) -> str:
 
 # -- running the checks, in-process or in workers ------------------------------------------
 
-def _run_checks(blocks, ctx: Context, workers: int, chunk_lines: int, progress: bool, total: int | None, label: str) -> RowTable:
+def _run_checks(blocks, ctx: Context, merkle: MerkleBuilder, workers: int, chunk_lines: int, progress: bool,
+                total: int | None, label: str) -> RowTable:
     from tqdm.auto import tqdm
 
     # workers start before the progress bar, whose monitor thread would rule out forking
@@ -546,31 +543,43 @@ def _run_checks(blocks, ctx: Context, workers: int, chunk_lines: int, progress: 
     try:
         with cyclic_gc_paused():
             if pool is None:
-                for block in blocks:
-                    collector.add([check_line(n, line, sig, ctx) for n, line, sig in block])
-                    bar.update(len(block))
+                for start, lines, sigs in blocks:
+                    merkle.add_many(lines)
+                    collector.add([check_line(start + i, line, sig, ctx)
+                                   for i, (line, sig) in enumerate(zip(lines, sigs or repeat(None)))])
+                    bar.update(len(lines))
             else:
                 blob = pickle.dumps(ctx)
                 # a bounded window of chunks in flight keeps memory flat on huge archives
-                window = workers * 4
-                futures: list = []
-                for block in blocks:
-                    for at in range(0, len(block), chunk_lines):
-                        futures.append(pool.submit(check_chunk, blob, block[at:at + chunk_lines]))
+                window, futures = workers * 4, []
+
+                def collect(future) -> None:
+                    rows, leaves = future.result()
+                    merkle.add_leaf_hashes(leaves)  # in line order: chunks are collected in submission order
+                    collector.add(rows)
+                    bar.update(len(rows))
+
+                for start, lines, sigs in blocks:
+                    for at in range(0, len(lines), chunk_lines):
+                        futures.append(pool.submit(check_chunk, blob, _pack_chunk(start + at, lines[at:at + chunk_lines],
+                                                                                  sigs[at:at + chunk_lines] if sigs else None)))
                         if len(futures) >= window:
-                            done = futures.pop(0).result()
-                            collector.add(done)
-                            bar.update(len(done))
+                            collect(futures.pop(0))
                 for future in futures:
-                    done = future.result()
-                    collector.add(done)
-                    bar.update(len(done))
+                    collect(future)
     finally:
         bar.close()
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     collector.finish()
     return collector
+
+
+def _pack_chunk(start: int, lines: list[bytes], sigs: list[bytes | None] | None) -> tuple:
+    """Lines travel to workers joined into one bytes object: far cheaper to pickle than a list."""
+    if sigs is not None and None not in sigs:
+        sigs = b"\n".join(sigs)
+    return start, b"\n".join(lines), sigs
 
 
 def _pool_context() -> BaseContext:

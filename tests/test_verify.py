@@ -342,3 +342,20 @@ def test_reports_render(exported, tmp_path):
     assert "FAILED" in md and "COUNT_MISMATCH" in md and "| code | count |" in md
     assert "COUNT_MISMATCH" in html and "<table" in html
     assert "failed" in repr(report)
+
+
+def test_workers_give_the_same_report_as_one_process(exported, tmp_path):
+    path, store = exported
+    bad = copy(path, tmp_path, "bad")
+    items = lines(bad)
+    att = json.loads(items[3])
+    att["decision"]["reason"] = "edited"
+    write_lines(bad, [items[1], items[0], canonicalize(att), *items[3:], items[5]])  # reorder, tamper, replay
+    one = verify(bad, store, workers=1)
+    two = verify(bad, store, workers=2, chunk_lines=4)  # several chunks in flight
+    assert two.to_pandas().equals(one.to_pandas())
+    assert [c.model_dump() for c in two.archive_checks] == [c.model_dump() for c in one.archive_checks]
+    assert {"SIGNATURE_INVALID", "DUPLICATE_FINGERPRINT"} <= set(one.to_pandas()["code"])
+    assert {c.code for c in one.archive_checks} >= {"MERKLE_ROOT_MISMATCH", "COUNT_MISMATCH"}
+    clean_one, clean_two = verify(path, store, workers=1), verify(path, store, workers=2, chunk_lines=3)
+    assert clean_two.status == clean_one.status == "verified" and clean_two.archive_checks == []
