@@ -32,7 +32,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from .attestation import pae, parse_attestation_line
-from .audit import ATTESTATION_COLUMNS, AuditDB, _column, _naive_utc, _Registered
+from .audit import ATTESTATION_COLUMNS, AuditDB, Registered, column, naive_utc
 from .canonical import canonicalize, parse_json, quote
 from .errors import CanonicalizationError, ParmanaError
 from .keys import SigningKey, TrustStore
@@ -133,10 +133,10 @@ def export_archive(
 
 def _filters(since, until, policy_id, policy_version) -> tuple[str, list[Any]]:
     clauses, params = [], []
-    for column, op, value in (("issuedAt", ">=", since), ("issuedAt", "<", until), ("policyId", "=", policy_id),
-                              ("policyVersion", "=", policy_version)):
+    for name, op, value in (("issuedAt", ">=", since), ("issuedAt", "<", until), ("policyId", "=", policy_id),
+                            ("policyVersion", "=", policy_version)):
         if value is not None:
-            clauses.append(f"a.{column} {op} ?")
+            clauses.append(f"a.{name} {op} ?")
             params.append(value)
     return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
 
@@ -409,7 +409,7 @@ def import_archive(path: str | Path, db: AuditDB, *, clock: Clock = system_clock
         signals = _read_signals(root)
         policies = _read_policies(root)
         with db.transaction() as con:
-            return _import_rows(con, str(path), rows, signals, policies, malformed, _naive_utc(clock()))
+            return _import_rows(con, str(path), rows, signals, policies, malformed, naive_utc(clock()))
 
 
 def _read_signals(root: Path) -> dict[str, str]:
@@ -439,9 +439,9 @@ def _read_policies(root: Path) -> list[tuple[str, str, str, str]]:
 
 def _import_rows(con, archive: str, rows, signals, policies, malformed, imported_at) -> ImportResult:
     if rows:
-        columns = [_column(c) for c in zip(*rows)]
+        columns = [column(c) for c in zip(*rows)]
         incoming = dict(zip(("line", *ATTESTATION_COLUMNS[1:]), columns))
-        with _Registered(con, incoming=incoming):
+        with Registered(con, incoming=incoming):
             # the first line wins for an executionId repeated inside the archive itself
             con.execute(
                 "CREATE OR REPLACE TEMP TABLE import_rows AS SELECT * FROM incoming QUALIFY row_number() OVER "
@@ -476,8 +476,8 @@ def _import_rows(con, archive: str, rows, signals, policies, malformed, imported
     )
     fresh_signals = [(eid, signals[eid]) for eid in new_ids if eid in signals]
     if fresh_signals:
-        with _Registered(con, fresh_signals={"executionId": _column([e for e, _ in fresh_signals]),
-                                             "signals": _column([s for _, s in fresh_signals])}):
+        with Registered(con, fresh_signals={"executionId": column([e for e, _ in fresh_signals]),
+                                             "signals": column([s for _, s in fresh_signals])}):
             con.execute("INSERT INTO signals SELECT executionId, signals FROM fresh_signals")
     added = 0
     for pid, pver, bundle_hash, document in policies:

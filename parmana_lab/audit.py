@@ -98,7 +98,7 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
 _LOCK_PID = re.compile(r"\(PID (\d+)\)")
 
 
-def _naive_utc(moment: datetime) -> datetime:
+def naive_utc(moment: datetime) -> datetime:
     return moment.astimezone(timezone.utc).replace(tzinfo=None) if moment.tzinfo else moment
 
 
@@ -173,7 +173,7 @@ class AuditDB:
             con.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMP NOT NULL)")
             for v, sql in pending:
                 con.execute(sql)
-                con.execute("INSERT INTO schema_migrations VALUES (?, ?)", [v, _naive_utc(datetime.now(timezone.utc))])
+                con.execute("INSERT INTO schema_migrations VALUES (?, ?)", [v, naive_utc(datetime.now(timezone.utc))])
 
     # -- transactions ----------------------------------------------------------------
 
@@ -243,7 +243,7 @@ def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
 
 
 def expiry(now: datetime, seconds: float) -> datetime:
-    return _naive_utc(now) + timedelta(seconds=seconds)
+    return naive_utc(now) + timedelta(seconds=seconds)
 
 
 # -- replay store and recording ---------------------------------------------------------
@@ -254,10 +254,10 @@ CONSUMED = ("CONFIRMED", "OVERRIDDEN")
 
 
 def _frame(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> dict[str, np.ndarray]:
-    return {c: _column([r[i] for r in rows]) for i, c in enumerate(columns)}
+    return {c: column([r[i] for r in rows]) for i, c in enumerate(columns)}
 
 
-class _Registered:
+class Registered:
     """Expose column dicts to SQL under fixed names for one block."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection, **frames: dict[str, np.ndarray]) -> None:
@@ -288,13 +288,13 @@ def reserve(
     Returns {candidate index: (code, reason)} for the ones refused; their
     refusals are recorded in the same transaction, as are ``refusals``.
     """
-    at = _naive_utc(now)
+    at = naive_utc(now)
     fps, ids, keys = zip(*candidates) if candidates else ((), (), ())
-    cand = {"i": np.arange(len(fps), dtype=np.int64), "execution_fingerprint": _column(fps), "executionId": _column(ids)}
+    cand = {"i": np.arange(len(fps), dtype=np.int64), "execution_fingerprint": column(fps), "executionId": column(ids)}
     with db.transaction() as con:
         changed = _register_policies(con, policies, at)
         refused = {i: changed[key] for i, key in enumerate(keys) if key in changed} if changed else {}
-        with _Registered(con, cand=cand):
+        with Registered(con, cand=cand):
             seen = con.execute(
                 "SELECT c.i, r.state, r.expires_at FROM cand c JOIN replay r USING (execution_fingerprint)"
             ).fetchall()
@@ -318,7 +318,7 @@ def reserve(
                 fresh = [i for i in range(len(fps)) if i not in refused and i not in stale]
                 for picked, verb in ((fresh, ""), (sorted(stale), "OR REPLACE ")):
                     if picked:
-                        with _Registered(con, pick={"i": np.array(picked, dtype=np.int64)}):
+                        with Registered(con, pick={"i": np.array(picked, dtype=np.int64)}):
                             con.execute(insert.format(verb) + " SEMI JOIN pick USING (i)", times)
         for i, (code, reason) in refused.items():
             pid, pver = keys[i]
@@ -347,8 +347,8 @@ def _register_policies(con, policies: dict[tuple[str, str], tuple[str, str]], at
 def _insert_refusals(con, refusals: list[tuple]) -> None:
     if not refusals:
         return
-    rows = [(_naive_utc(r[0]), *r[1:]) for r in refusals]
-    with _Registered(con, new_refusals=_frame(REFUSAL_COLUMNS, rows)):
+    rows = [(naive_utc(r[0]), *r[1:]) for r in refusals]
+    with Registered(con, new_refusals=_frame(REFUSAL_COLUMNS, rows)):
         con.execute("INSERT INTO refusals SELECT * FROM new_refusals")
 
 
@@ -367,17 +367,17 @@ def confirm(db: AuditDB, templates: list[dict[str, Any]], rows: list[tuple], *, 
     executionId, execution_fingerprint, signalsHash, issuedAt, signature,
     canonical attestation, canonical signals).
     """
-    at = _naive_utc(now)
+    at = naive_utc(now)
     shared = {
         "tpl": np.arange(len(templates), dtype=np.int64),
-        **{name: _column([t[name] for t in templates]) for name in _SHARED_FIELDS},
-        **{f"decision_{name}": _column([t["decision"][name] for t in templates]) for name in DECISION_FIELDS},
+        **{name: column([t[name] for t in templates]) for name in _SHARED_FIELDS},
+        **{f"decision_{name}": column([t["decision"][name] for t in templates]) for name in DECISION_FIELDS},
     }
-    columns = [_column(c) for c in zip(*rows)]
+    columns = [column(c) for c in zip(*rows)]
     with db.transaction() as con:
         start = con.execute("SELECT coalesce(max(seq), 0) FROM attestations").fetchall()[0][0] + 1
         new_rows = {"seq": np.arange(start, start + len(rows), dtype=np.int64), **dict(zip(_ROW_FIELDS, columns))}
-        with _Registered(con, new_rows=new_rows, templates=shared):
+        with Registered(con, new_rows=new_rows, templates=shared):
             con.execute(
                 f"INSERT INTO attestations SELECT {', '.join(_select_column(c) for c in ATTESTATION_COLUMNS)} "
                 "FROM new_rows n JOIN templates t USING (tpl)"
@@ -400,7 +400,7 @@ def _select_column(name: str) -> str:
     return f"n.{name}" if name in _ROW_FIELDS or name == "seq" else f"t.{name}"
 
 
-def _column(values: Sequence[Any]) -> np.ndarray:
+def column(values: Sequence[Any]) -> np.ndarray:
     """A column for DuckDB's numpy scan (object arrays convert faster than pandas strings)."""
     if values and type(values[0]) is bool:
         return np.array(values, dtype=bool)
@@ -409,9 +409,9 @@ def _column(values: Sequence[Any]) -> np.ndarray:
 
 def mark_failed(db: AuditDB, fingerprints: Sequence[str], *, now: datetime, ttl: float) -> None:
     """Release reservations whose execution failed after reserving; retryable after ``ttl``."""
-    at = _naive_utc(now)
+    at = naive_utc(now)
     with db.transaction() as con:
-        with _Registered(con, failed=_frame(("execution_fingerprint",), [(fp,) for fp in fingerprints])):
+        with Registered(con, failed=_frame(("execution_fingerprint",), [(fp,) for fp in fingerprints])):
             con.execute(
                 "UPDATE replay SET state = 'FAILED', expires_at = ?, updated_at = ? "
                 "FROM failed WHERE replay.execution_fingerprint = failed.execution_fingerprint AND replay.state = 'RESERVED'",
