@@ -55,6 +55,8 @@ _EXPORTS = {
     "default_requests_dir": ".workspace",
     "evaluator_artifact_hash": ".provenance",
     "export_archive": ".archive",
+    "find_replays": ".replays",
+    "ReplayReport": ".replays",
     "import_archive": ".archive",
     "load_policy_file": ".policy",
     "open_archive": ".archive",
@@ -111,6 +113,8 @@ __all__ = [
     "evaluate",
     "evaluator_artifact_hash",
     "export_archive",
+    "find_replays",
+    "ReplayReport",
     "import_archive",
     "load_policy_file",
     "open_archive",
@@ -170,6 +174,7 @@ if TYPE_CHECKING:
         runtime_info,
         runtime_manifest,
     )
+    from .replays import ReplayReport, find_replays
     from .runtime import Runtime
     from .validation import ExecutionRequest, parse_request, validate_signals
     from .verify import ArchiveReport, VerificationResult, verify_archive, verify_attestation

@@ -15,6 +15,7 @@ from .errors import CanonicalizationError, ParmanaError, RequestError
 from .keys import Keyring, TrustStore
 from .policy import PolicyStore
 from .provenance import runtime_info
+from .replays import find_replays
 from .reports import archive_text
 from .runtime import Runtime
 from .verify import verify_archive
@@ -87,6 +88,13 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("archives", nargs="+", type=Path)
     imp.add_argument("--json", action="store_true")
     imp.set_defaults(func=cmd_import)
+
+    aud = sub.add_parser("audit", help="audits over exported logs and audit DBs")
+    aud_sub = aud.add_subparsers(dest="audit_command", required=True)
+    rep = aud_sub.add_parser("replays", help="execution fingerprints used more than once, within or across sources")
+    rep.add_argument("sources", nargs="+", type=Path, help="archives (dir, .zip, .tar.gz) or audit DB files")
+    rep.add_argument("--json", action="store_true", help="one line per replayed fingerprint with its occurrences")
+    rep.set_defaults(func=cmd_audit_replays)
 
     demo = sub.add_parser("demo", help="run every sample request on a fresh demo workspace")
     demo.add_argument("--policies", type=Path)
@@ -261,6 +269,26 @@ def cmd_import(args: argparse.Namespace) -> int:
                 for c in result.conflicts:
                     print(f"  conflict: {c}")
     return EXIT_FAILED if conflicts else EXIT_OK
+
+
+def cmd_audit_replays(args: argparse.Namespace) -> int:
+    with find_replays(args.sources) as report:
+        findings = report.findings()
+        if args.json:
+            for finding in findings:
+                _line(finding)
+            for row in report.reused_ids.itertuples():
+                _line({"executionId": row.executionId, "reused_with_different_content": int(row.versions),
+                       "sources": list(row.sources)})
+        else:
+            s = report.summary
+            print(f"{s.records} records in {len(s.sources)} source(s): {s.replayed_fingerprints} replayed fingerprints "
+                  f"({s.extra_uses} extra uses), {s.reused_execution_ids} executionIds reused with different content")
+            for finding in findings:
+                print(f"  {finding['execution_fingerprint']}")
+                for o in finding["occurrences"]:
+                    print(f"    {o['source']}  {o['issuedAt']}  {o['executionId']}  key {o['signerKeyId']}  {o['decision']}")
+        return EXIT_FAILED if findings or len(report.reused_ids) else EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

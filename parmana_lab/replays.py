@@ -1,0 +1,191 @@
+"""Replay detection across exported logs: the same execution consumed twice.
+
+Any mix of archives (directory, .zip, .tar.gz) and audit DB files is read by
+DuckDB as one view, ``records``; the findings are plain SQL over it, so users
+can ask their own questions of the same view (``report.sql(...)``).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+from pydantic import BaseModel
+
+from .archive import ATTESTATIONS, ArchiveError, open_archive
+
+_FIELDS = {
+    "execution_fingerprint": "$.execution_fingerprint",
+    "executionId": "$.executionId",
+    "issuedAt": "$.issuedAt",
+    "signerKeyId": "$.signerKeyId",
+    "runtimeHash": "$.runtimeHash",
+    "policyId": "$.policyId",
+    "policyVersion": "$.policyVersion",
+    "action": "$.decision.action",
+}
+OCCURRENCE_COLUMNS = ("execution_fingerprint", "source", "line", "executionId", "issuedAt", "signerKeyId", "runtimeHash", "action")
+
+
+class ReplaySummary(BaseModel):
+    sources: list[str]
+    records: int
+    replayed_fingerprints: int
+    extra_uses: int
+    reused_execution_ids: int
+
+
+class ReplayReport:
+    """Replayed fingerprints and reused executionIds across sources.
+
+    Holds the DuckDB connection (and any unpacked archives) open so that
+    ``sql()`` and ``relation`` work; ``close()`` (or a ``with`` block) releases them.
+    """
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, sources: list[str], stack: ExitStack) -> None:
+        self.con, self.sources = con, sources
+        self._finalizer = weakref.finalize(self, _release, con, stack)
+        self.occurrences = con.execute(
+            f"""
+            WITH replayed AS (SELECT execution_fingerprint FROM records GROUP BY ALL HAVING count(*) > 1)
+            SELECT {", ".join(OCCURRENCE_COLUMNS)} FROM records SEMI JOIN replayed USING (execution_fingerprint)
+            ORDER BY execution_fingerprint, issuedAt, source, line
+            """
+        ).df()
+        self.reused_ids = con.execute(
+            """
+            SELECT executionId, count(DISTINCT md5(canonical)) AS versions, list(DISTINCT source ORDER BY source) AS sources
+            FROM records GROUP BY executionId HAVING count(DISTINCT md5(canonical)) > 1 ORDER BY executionId
+            """
+        ).df()
+        self.records = con.execute("SELECT count(*) FROM records").fetchall()[0][0]
+
+    def __enter__(self) -> ReplayReport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._finalizer()
+
+    def __repr__(self) -> str:
+        s = self.summary
+        return f"ReplayReport({len(s.sources)} sources, {s.records} records, {s.replayed_fingerprints} replayed fingerprints)"
+
+    @property
+    def relation(self) -> duckdb.DuckDBPyRelation:
+        """Every record of every source: source, line, canonical JSON and the main fields."""
+        return self.con.table("records")
+
+    def sql(self, query: str) -> pd.DataFrame:
+        """Your own SQL over the view ``records``."""
+        return self.con.execute(query).df()
+
+    @property
+    def summary(self) -> ReplaySummary:
+        fps = self.occurrences["execution_fingerprint"]
+        return ReplaySummary(
+            sources=self.sources,
+            records=self.records,
+            replayed_fingerprints=int(fps.nunique()),
+            extra_uses=int(len(fps) - fps.nunique()),
+            reused_execution_ids=len(self.reused_ids),
+        )
+
+    def findings(self) -> list[dict[str, Any]]:
+        """One finding per replayed fingerprint, with each occurrence (the --json line format)."""
+        out = []
+        for fp, group in self.occurrences.groupby("execution_fingerprint", sort=True):
+            occurrences = group.drop(columns=["execution_fingerprint", "line"]).rename(columns={"action": "decision"})
+            out.append({"execution_fingerprint": fp, "occurrences": occurrences.to_dict("records")})
+        return out
+
+    def to_pandas(self) -> pd.DataFrame:
+        return self.occurrences.copy()
+
+    def to_markdown(self) -> str:
+        s = self.summary
+        lines = [
+            f"# Replay detection over {len(s.sources)} source(s)",
+            "",
+            f"{s.records} records; {s.replayed_fingerprints} fingerprints used more than once ({s.extra_uses} extra uses); "
+            f"{s.reused_execution_ids} executionIds reused with different content.",
+        ]
+        if len(self.occurrences):
+            lines += ["", "| execution_fingerprint | source | line | executionId | issuedAt | signerKeyId | decision |",
+                      "| --- | --- | ---: | --- | --- | --- | --- |"]
+            lines += [
+                f"| {r.execution_fingerprint[:16]}… | {r.source} | {r.line} | {r.executionId} | {r.issuedAt} | {r.signerKeyId} | {r.action} |"
+                for r in self.occurrences.itertuples()
+            ]
+        return "\n".join(lines) + "\n"
+
+    def to_html(self) -> str:
+        s = self.summary
+        head = (f"<h3>Replay detection over {len(s.sources)} source(s)</h3><p>{s.records} records; "
+                f"{s.replayed_fingerprints} replayed fingerprints ({s.extra_uses} extra uses); "
+                f"{s.reused_execution_ids} reused executionIds.</p>")
+        return head + (self.occurrences.to_html(index=False) if len(self.occurrences) else "")
+
+    def _repr_html_(self) -> str:
+        return self.to_html()
+
+
+def _release(con: duckdb.DuckDBPyConnection, stack: ExitStack) -> None:
+    con.close()
+    stack.close()
+
+
+def find_replays(sources: Sequence[str | Path]) -> ReplayReport:
+    """Every execution_fingerprint that occurs more than once across ``sources`` (archives or audit DB files)."""
+    if not sources:
+        raise ArchiveError("ARC-005", "find_replays needs at least one archive or audit DB")
+    stack = ExitStack()
+    con = duckdb.connect()
+    try:
+        con.execute("SET enable_progress_bar = false")
+        parts, names = [], []
+        for i, source in enumerate(sources):
+            path = Path(source)
+            name = path.name
+            names.append(name)
+            if _is_duckdb(path):
+                con.execute(f"ATTACH '{_sql_path(path)}' AS src{i} (READ_ONLY)")
+                parts.append(f"SELECT '{_sql_text(name)}' AS source, seq AS line, canonical FROM src{i}.attestations")
+            else:
+                root = stack.enter_context(open_archive(path))
+                if not (root / ATTESTATIONS).is_file():
+                    raise ArchiveError("ARC-005", f"{path} has no {ATTESTATIONS}; is this a parmana archive?")
+                parts.append(
+                    f"SELECT '{_sql_text(name)}' AS source, row_number() OVER () AS line, column0 AS canonical "
+                    f"FROM read_csv('{_sql_path(root / ATTESTATIONS)}', delim='\\x1f', quote='', escape='', header=false, "
+                    "columns={'column0': 'VARCHAR'}, auto_detect=false, parallel=false)"
+                )
+        fields = ", ".join(f"json_extract_string(canonical, '{path}') AS {name}" for name, path in _FIELDS.items())
+        con.execute(f"CREATE TEMP VIEW records AS SELECT source, line, canonical, {fields} FROM ({' UNION ALL '.join(parts)})")
+        return ReplayReport(con, names, stack)
+    except BaseException:
+        con.close()
+        stack.close()
+        raise
+
+
+def _is_duckdb(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    with open(path, "rb") as fh:
+        return fh.read(12)[8:12] == b"DUCK"
+
+
+def _sql_text(text: str) -> str:
+    return text.replace("'", "''")
+
+
+def _sql_path(path: Path) -> str:
+    return _sql_text(str(path))
