@@ -102,6 +102,15 @@ def naive_utc(moment: datetime) -> datetime:
     return moment.astimezone(timezone.utc).replace(tzinfo=None) if moment.tzinfo else moment
 
 
+def is_duckdb_file(path: Path) -> bool:
+    """A DuckDB database file starts with a checksum and the magic bytes DUCK."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(12)[8:12] == b"DUCK"
+    except OSError:
+        return False
+
+
 class AuditDB:
     """A DuckDB audit database file, migrated to the current schema on open."""
 

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from hashlib import sha256
 from itertools import repeat
+from pathlib import Path
 from typing import Any, Literal
 
 import orjson
@@ -19,12 +20,12 @@ from nacl._sodium import ffi, lib  # libsodium as PyNaCl ships it; see _Verifier
 
 from ._gc import cyclic_gc_paused
 from .attestation import _PAE_PREFIX, parse_attestation_line
-from .canonical import canonicalize, fingerprint_payload
-from .errors import ParmanaError
+from .canonical import canonicalize, fingerprint_payload, parse_json
+from .errors import CanonicalizationError, ParmanaError
 from .evaluate import decide_index
 from .keys import TrustedKey, TrustStore
 from .merkle import leaf_hash
-from .policy import Policy
+from .policy import Policy, parse_policy
 from .provenance import runtime_hash, runtime_manifest
 from .validation import validate_signals
 
@@ -124,6 +125,28 @@ class Context:
         if raw is None:
             raw = self._raw_keys[key_id] = self.keys[key_id].raw_public_key
         return raw
+
+
+def load_archive_policies(root: Path) -> dict[tuple[str, str], PolicyEntry]:
+    out: dict[tuple[str, str], PolicyEntry] = {}
+    folder = root / "policies"
+    for path in sorted(folder.glob("*/*/policy.json")) if folder.is_dir() else ():
+        key = (path.parent.parent.name, path.parent.name)
+        try:
+            document = parse_json(path.read_bytes())
+            bundle_hash = sha256(canonicalize(document)).hexdigest()
+        except (CanonicalizationError, OSError) as exc:
+            out[key] = PolicyEntry(None, None, f"policy file unusable: {exc}")
+            continue
+        try:
+            policy = parse_policy(document, source=f"policies/{key[0]}/{key[1]}/policy.json")
+            problem = None
+            if policy.key != key:
+                policy, problem = None, f"policy file names {document.get('policyId')} {document.get('policyVersion')}"
+        except ParmanaError as exc:
+            policy, problem = None, str(exc)
+        out[key] = PolicyEntry(bundle_hash, policy, problem)
+    return out
 
 
 class _Verifier:

@@ -17,6 +17,7 @@ from .policy import PolicyStore
 from .provenance import runtime_info
 from .replays import find_replays
 from .reports import archive_text
+from .reproduce import reproduce
 from .runtime import Runtime
 from .verify import verify_archive
 from .workspace import DEFAULT_WORKSPACE, Workspace, default_policy_dir
@@ -95,6 +96,14 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("sources", nargs="+", type=Path, help="archives (dir, .zip, .tar.gz) or audit DB files")
     rep.add_argument("--json", action="store_true", help="one line per replayed fingerprint with its occurrences")
     rep.set_defaults(func=cmd_audit_replays)
+
+    rep = aud_sub.add_parser("reproduce", help="re-run recorded executions and compare decisions (writes nothing)")
+    rep.add_argument("source", type=Path, help="an archive (dir, .zip, .tar.gz) or an audit DB file")
+    rep.add_argument("--json", action="store_true", help="one line per execution: executionId, status, diff")
+    rep.add_argument("--policy-version", action="append", default=[], metavar="ID=VERSION",
+                     help="what if: re-run policy ID under VERSION instead (repeatable; needs --policies)")
+    rep.add_argument("--policies", type=Path, help="policy folder for --policy-version (default ./sample_policies or bundled)")
+    rep.set_defaults(func=cmd_audit_reproduce)
 
     demo = sub.add_parser("demo", help="run every sample request on a fresh demo workspace")
     demo.add_argument("--policies", type=Path)
@@ -289,6 +298,30 @@ def cmd_audit_replays(args: argparse.Namespace) -> int:
                 for o in finding["occurrences"]:
                     print(f"    {o['source']}  {o['issuedAt']}  {o['executionId']}  key {o['signerKeyId']}  {o['decision']}")
         return EXIT_FAILED if findings or len(report.reused_ids) else EXIT_OK
+
+
+def cmd_audit_reproduce(args: argparse.Namespace) -> int:
+    versions = {}
+    for item in args.policy_version:
+        policy_id, sep, version = item.partition("=")
+        if not sep or not policy_id or not version:
+            print(f"parmana-lab: --policy-version takes ID=VERSION, not {item!r}", file=sys.stderr)
+            return EXIT_UNUSABLE
+        versions[policy_id] = version
+    report = reproduce(args.source, policy_versions=versions or None,
+                       policies=(args.policies or default_policy_dir()) if versions else None)
+    if args.json:
+        for row in report.rows:
+            _line({"executionId": row["executionId"], "status": row["status"], "diff": row["diff"], "why": row["why"]})
+    else:
+        s = report.summary
+        print(f"{s.source}: " + ", ".join(f"{k} {v}" for k, v in s.statuses.items())
+              + f"; from another runtime {s.other_runtime}, from another evaluator build {s.other_evaluator}")
+        for row in report.rows:
+            if row["status"] != "MATCH":
+                print(f"  line {row['line']} {row['executionId']}: {row['status']}  {row['why'] or ''}"
+                      f"{row['attested'] + ' -> ' + row['now'] if row['status'] == 'DIVERGED' else ''}")
+    return EXIT_FAILED if report.summary.statuses["DIVERGED"] or report.summary.statuses["INPUT_MISMATCH"] else EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -16,7 +16,9 @@ from pydantic import BaseModel
 from .attestation import ExecutionAttestation
 from .canonical import parse_json
 from .errors import ParmanaError
+from .replays import find_replays
 from .reports import archive_text
+from .reproduce import reproduce
 from .runtime import Runtime
 from .verify import verify_archive
 from .workspace import default_policy_dir, default_requests_dir
@@ -101,6 +103,18 @@ def run_demo(
         echo(f"\nExported {exported.count} attestations to {exported.path} (signed manifest, Merkle root {exported.merkleRoot[:16]}…)")
         report = verify_archive(exported.path, rt.trust_store(), progress=False)
         echo(archive_text(report))
+        repro = reproduce(exported.path).summary
+        echo("\nReproducibility audit: " + ", ".join(f"{k} {v}" for k, v in repro.statuses.items()))
+        whatif = reproduce(exported.path, policy_versions={"loan-approval": "1.1.0"}, policies=policy_dir)
+        echo(f"What if loan-approval 1.1.0 had decided the 1.0.0 loans: {len(whatif.changes())} decision(s) would change")
+    # a second runtime (its own key) runs the claims requests again: the same executions, consumed twice
+    with Runtime(root / "second-runtime", policies=policy_dir) as other:
+        other.execute_many(load_requests(request_dir / "claims-approval.json"))
+        second = other.export_archive(other.workspace.exports_dir / "second.tar.gz", format="tar.gz")
+    with find_replays([exported.path, second.path]) as replays:
+        s = replays.summary
+        echo(f"Replay detection over both runtimes' archives: {s.records} records, {s.replayed_fingerprints} fingerprints "
+             f"consumed more than once ({s.extra_uses} extra uses)")
     return summary.model_copy(update={"archive": exported.path, "archive_status": report.status})
 
 

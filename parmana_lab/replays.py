@@ -18,6 +18,8 @@ import pandas as pd
 from pydantic import BaseModel
 
 from .archive import ATTESTATIONS, ArchiveError, open_archive
+from .audit import is_duckdb_file
+from .errors import AuditStoreError
 
 _FIELDS = {
     "execution_fingerprint": "$.execution_fingerprint",
@@ -155,8 +157,14 @@ def find_replays(sources: Sequence[str | Path]) -> ReplayReport:
             path = Path(source)
             name = path.name
             names.append(name)
-            if _is_duckdb(path):
-                con.execute(f"ATTACH '{_sql_path(path)}' AS src{i} (READ_ONLY)")
+            if is_duckdb_file(path):
+                try:
+                    con.execute(f"ATTACH '{_sql_path(path)}' AS src{i} (READ_ONLY)")
+                except duckdb.Error as exc:
+                    raise AuditStoreError(
+                        "AUD-001", "audit", f"cannot read audit DB {path} ({str(exc).splitlines()[0]}); close the runtime "
+                        "or notebook holding it, or export it as an archive first"
+                    ) from None
                 parts.append(f"SELECT '{_sql_text(name)}' AS source, seq AS line, canonical FROM src{i}.attestations")
             else:
                 root = stack.enter_context(open_archive(path))
@@ -174,13 +182,6 @@ def find_replays(sources: Sequence[str | Path]) -> ReplayReport:
         con.close()
         stack.close()
         raise
-
-
-def _is_duckdb(path: Path) -> bool:
-    if not path.is_file():
-        return False
-    with open(path, "rb") as fh:
-        return fh.read(12)[8:12] == b"DUCK"
 
 
 def _sql_text(text: str) -> str:

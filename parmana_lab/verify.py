@@ -39,7 +39,6 @@ from .archive import (
     ATTESTATIONS,
     KEYS,
     MANIFEST,
-    POLICIES,
     SIGNALS,
     ArchiveError,
     ArchiveManifest,
@@ -64,11 +63,12 @@ from .checks import (
     _SignalsAligner,
     check_chunk,
     check_line,
+    load_archive_policies,
 )
 from .errors import CanonicalizationError, KeyStoreError, ParmanaError
 from .keys import TrustStore
 from .merkle import MerkleBuilder
-from .policy import Policy, parse_policy
+from .policy import Policy
 
 
 class Finding(BaseModel):
@@ -109,28 +109,6 @@ class VerificationResult(BaseModel):
 
 
 # -- the verification context (what a verifier trusts and knows) -------------------------
-
-
-def load_archive_policies(root: Path) -> dict[tuple[str, str], PolicyEntry]:
-    out: dict[tuple[str, str], PolicyEntry] = {}
-    folder = root / POLICIES
-    for path in sorted(folder.glob("*/*/policy.json")) if folder.is_dir() else ():
-        key = (path.parent.parent.name, path.parent.name)
-        try:
-            document = parse_json(path.read_bytes())
-            bundle_hash = hashlib.sha256(canonicalize(document)).hexdigest()
-        except (CanonicalizationError, OSError) as exc:
-            out[key] = PolicyEntry(None, None, f"policy file unusable: {exc}")
-            continue
-        try:
-            policy = parse_policy(document, source=f"{POLICIES}/{key[0]}/{key[1]}/policy.json")
-            problem = None
-            if policy.key != key:
-                policy, problem = None, f"policy file names {document.get('policyId')} {document.get('policyVersion')}"
-        except ParmanaError as exc:
-            policy, problem = None, str(exc)
-        out[key] = PolicyEntry(bundle_hash, policy, problem)
-    return out
 
 
 # -- one line ---------------------------------------------------------------------------

@@ -1,0 +1,241 @@
+"""Reproducibility audit: would the same policy and runtime still decide the same?
+
+Re-executes every recorded execution from an archive or an audit DB with the
+current evaluator, without touching any replay store or audit DB, and says per
+execution MATCH, DIVERGED (with the fields that differ), NOT_REPLAYABLE (with
+why) or INPUT_MISMATCH (the signals do not hash to what was attested). With
+``policy_versions`` it answers "what would version X have decided?" instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+from pydantic import BaseModel
+
+from .archive import ATTESTATIONS, SIGNALS, ArchiveError, iter_lines, open_archive
+from .attestation import parse_attestation_line
+from .audit import is_duckdb_file
+from .canonical import canonicalize, fingerprint_payload, parse_json
+from .checks import PolicyEntry, _SignalsAligner, load_archive_policies
+from .errors import CanonicalizationError, ParmanaError
+from .evaluate import Decision
+from .evaluate import evaluate as current_evaluate
+from .policy import Policy, PolicyStore, parse_policy
+from .provenance import evaluator_artifact_hash, runtime_hash, runtime_manifest
+from .validation import validate_signals
+
+STATUSES = ("MATCH", "DIVERGED", "NOT_REPLAYABLE", "INPUT_MISMATCH")
+DECISION_FIELDS = ("action", "requires_override", "reason", "ruleId", "execution_state")
+Evaluator = Callable[[Policy, dict[str, Any]], Decision]
+
+
+class ReproSummary(BaseModel):
+    source: str
+    total: int
+    statuses: dict[str, int]
+    other_runtime: int
+    other_evaluator: int
+    what_if: dict[str, str]
+
+
+class ReproReport:
+    """One row per execution: status, the differing fields, and provenance flags."""
+
+    def __init__(self, source: str, rows: list[dict[str, Any]], what_if: dict[str, str]) -> None:
+        self.source, self.rows, self.what_if = source, rows, what_if
+
+    def __repr__(self) -> str:
+        return f"ReproReport({self.source!r}: {dict(self.summary.statuses)})"
+
+    @property
+    def summary(self) -> ReproSummary:
+        counts = Counter(r["status"] for r in self.rows)
+        return ReproSummary(
+            source=self.source,
+            total=len(self.rows),
+            statuses={s: counts.get(s, 0) for s in STATUSES},
+            other_runtime=sum(r["other_runtime"] for r in self.rows),
+            other_evaluator=sum(r["other_evaluator"] for r in self.rows),
+            what_if=self.what_if,
+        )
+
+    def to_pandas(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=["line", "executionId", "policyId", "policyVersion", "replayedWith", "status",
+                                                "attested", "now", "diff", "why", "other_runtime", "other_evaluator"])
+
+    def changes(self) -> pd.DataFrame:
+        """Only the executions whose decision differs (the what-if table)."""
+        df = self.to_pandas()
+        return df[df["status"] == "DIVERGED"].reset_index(drop=True)
+
+    def to_markdown(self) -> str:
+        s = self.summary
+        what_if = f" (what if: {', '.join(f'{k} {v}' for k, v in s.what_if.items())})" if s.what_if else ""
+        out = [f"# Reproducibility of `{s.source}`{what_if}", "",
+               ", ".join(f"{k} {v}" for k, v in s.statuses.items()) + f"; from another runtime {s.other_runtime}, "
+               f"from another evaluator build {s.other_evaluator}."]
+        changed = [r for r in self.rows if r["status"] != "MATCH"]
+        if changed:
+            out += ["", "| line | executionId | status | attested | now | why |", "| ---: | --- | --- | --- | --- | --- |"]
+            out += [f"| {r['line']} | {r['executionId']} | {r['status']} | {r['attested'] or ''} | {r['now'] or ''} | {r['why'] or ''} |"
+                    for r in changed[:200]]
+        return "\n".join(out) + "\n"
+
+    def to_html(self) -> str:
+        s = self.summary
+        counts = ", ".join(f"{k} {v}" for k, v in s.statuses.items())
+        table = self.to_pandas().query("status != 'MATCH'").to_html(index=False) if s.total - s.statuses["MATCH"] else ""
+        return f"<h3>Reproducibility of <code>{s.source}</code></h3><p>{counts}</p>{table}"
+
+    def _repr_html_(self) -> str:
+        return self.to_html()
+
+
+def reproduce(
+    source: str | Path,
+    *,
+    policy_versions: dict[str, str] | None = None,
+    policies: str | Path | PolicyStore | None = None,
+    evaluator: Evaluator = current_evaluate,
+) -> ReproReport:
+    """Re-run every execution of an archive or audit DB file and compare decisions.
+
+    ``policy_versions`` maps a policyId to the version to re-run it under
+    (loaded from ``policies``, a policy folder); ``evaluator`` is the decision
+    function, the kit's own by default.
+    """
+    what_if = dict(policy_versions or {})
+    store = policies if isinstance(policies, PolicyStore) else PolicyStore(policies) if policies else None
+    if what_if and store is None:
+        raise ArchiveError("ARC-005", "a what-if re-run needs the folder of the policy versions to use (policies=...)")
+    here = (runtime_hash(runtime_manifest()), evaluator_artifact_hash())
+    rows = []
+    with _records(Path(source)) as (records, archived):
+        for line_no, line, signals_line in records:
+            rows.append(_replay_one(line_no, line, signals_line, archived, what_if, store, evaluator, here))
+    return ReproReport(Path(source).name, rows, what_if)
+
+
+def _replay_one(line_no, line, signals_line, archived, what_if, store, evaluator, here) -> dict[str, Any]:
+    att, problem = parse_attestation_line(line)
+    row: dict[str, Any] = {"line": line_no, "executionId": att["executionId"] if att else None,
+                           "policyId": att["policyId"] if att else None, "policyVersion": att["policyVersion"] if att else None,
+                           "replayedWith": None, "attested": None, "now": None, "diff": None, "why": None,
+                           "other_runtime": bool(att and att["runtimeHash"] != here[0]),
+                           "other_evaluator": bool(att and att["evaluatorArtifactHash"] != here[1])}
+    if att is None:
+        return {**row, "status": "NOT_REPLAYABLE", "why": f"malformed record: {problem}"}
+    signals, why = _signals(signals_line, att["executionId"])
+    if signals is None:
+        return {**row, "status": "NOT_REPLAYABLE", "why": why}
+    signals_jcs = canonicalize(signals)
+    if (hashlib.sha256(signals_jcs).hexdigest() != att["signalsHash"]
+            or hashlib.sha256(fingerprint_payload(att["policyId"], att["policyVersion"], signals_jcs)).hexdigest()
+            != att["execution_fingerprint"]):
+        return {**row, "status": "INPUT_MISMATCH", "why": "the archived signals do not hash to the attested signalsHash / fingerprint"}
+    key = (att["policyId"], att["policyVersion"])
+    if att["policyId"] in what_if:
+        try:
+            policy = store.get(att["policyId"], what_if[att["policyId"]])
+        except ParmanaError as exc:
+            return {**row, "status": "NOT_REPLAYABLE", "why": str(exc)}
+    else:
+        entry: PolicyEntry | None = archived.get(key)
+        if entry is None or entry.bundle_hash is None:
+            return {**row, "status": "NOT_REPLAYABLE", "why": f"policy {key[0]} {key[1]} is not in the source"}
+        if entry.bundle_hash != att["bundleHash"]:
+            return {**row, "status": "NOT_REPLAYABLE",
+                    "why": f"the stored policy {key[0]} {key[1]} is not the one applied (bundleHash {entry.bundle_hash[:12]}… ≠ "
+                           f"{att['bundleHash'][:12]}…)"}
+        if entry.policy is None:
+            return {**row, "status": "NOT_REPLAYABLE", "why": entry.problem}
+        policy = entry.policy
+    row["replayedWith"] = f"{policy.policyId} {policy.policyVersion}"
+    attested = {**att["decision"], "execution_state": att["execution_state"]}
+    try:
+        validate_signals(signals, policy)
+        got = evaluator(policy, signals)
+        now = {**got.model_dump(), "execution_state": got.execution_state}
+    except ParmanaError as exc:
+        now = {"refused": str(exc)}
+    diff = {f: [attested.get(f), now.get(f)] for f in DECISION_FIELDS if attested.get(f) != now.get(f)}
+    summary = _decision_text
+    if not diff:
+        return {**row, "status": "MATCH", "attested": summary(attested), "now": summary(now)}
+    return {**row, "status": "DIVERGED", "attested": summary(attested), "now": summary(now), "diff": diff}
+
+
+def _decision_text(d: dict[str, Any]) -> str:
+    if "refused" in d:
+        return d["refused"]
+    return f"{d['action']} by {d['ruleId']} ({d['execution_state']})"
+
+
+def _signals(line: bytes | None, eid: str) -> tuple[dict[str, Any] | None, str | None]:
+    if line is None:
+        return None, "no signals for this execution in the source (exported with --no-signals?)"
+    try:
+        item = parse_json(line)
+    except CanonicalizationError as exc:
+        return None, f"unusable signals line: {exc.reason}"
+    if not isinstance(item, dict) or item.get("executionId") != eid:
+        return None, "no signals line for this execution"
+    if item.get("signals") is None:
+        return None, "signals were not exported for this execution"
+    if not isinstance(item["signals"], dict):
+        return None, "signals is not an object"
+    return item["signals"], None
+
+
+@contextmanager
+def _records(path: Path) -> Iterator[tuple[Iterator[tuple[int, bytes, bytes | None]], dict]]:
+    """(line number, canonical attestation, signals line) per execution, plus the stored policies."""
+    if is_duckdb_file(path):
+        con = duckdb.connect(str(path), read_only=True)
+        try:
+            policies = {(p, v): _entry(doc) for p, v, doc in con.execute("SELECT policyId, policyVersion, document FROM policies").fetchall()}
+            cur = con.execute(
+                "SELECT a.seq, a.canonical, s.signals, a.executionId FROM attestations a LEFT JOIN "
+                "(SELECT executionId, any_value(signals) AS signals FROM signals GROUP BY ALL) s USING (executionId) ORDER BY a.seq"
+            )
+
+            def rows() -> Iterator[tuple[int, bytes, bytes | None]]:
+                while batch := cur.fetchmany(10_000):
+                    for seq, canonical, sig, eid in batch:
+                        signals_line = canonicalize({"executionId": eid, "signals": parse_json(sig)}) if sig else None
+                        yield seq, canonical.encode("utf-8"), signals_line
+
+            yield rows(), policies
+        finally:
+            con.close()
+        return
+    with open_archive(path) as root:
+        if not (root / ATTESTATIONS).is_file():
+            raise ArchiveError("ARC-005", f"{path} has no {ATTESTATIONS}; is this a parmana archive or audit DB?")
+        aligner = _SignalsAligner(iter_lines(root / SIGNALS)) if (root / SIGNALS).is_file() else None
+
+        def lines() -> Iterator[tuple[int, bytes, bytes | None]]:
+            for number, line in enumerate(iter_lines(root / ATTESTATIONS), start=1):
+                yield number, line, aligner.for_line(line) if aligner else None
+
+        yield lines(), load_archive_policies(root)
+
+
+def _entry(document_json: str) -> PolicyEntry:
+    try:
+        document = parse_json(document_json)
+        bundle_hash = hashlib.sha256(canonicalize(document)).hexdigest()
+    except CanonicalizationError as exc:
+        return PolicyEntry(None, None, str(exc))
+    try:
+        return PolicyEntry(bundle_hash, parse_policy(document), None)
+    except ParmanaError as exc:
+        return PolicyEntry(bundle_hash, None, str(exc))
