@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from .archive import ATTESTATIONS, ArchiveError, open_archive
 from .audit import is_duckdb_file
+from .charts import bar_chart
 from .errors import AuditStoreError
 
 _FIELDS = {
@@ -128,12 +129,19 @@ class ReplayReport:
             ]
         return "\n".join(lines) + "\n"
 
+    def by_source(self) -> pd.DataFrame:
+        """Replayed occurrences counted per source: the chart's data."""
+        occ = self.occurrences.assign(kind="occurrences of replayed fingerprints")
+        return occ.pivot_table(index="source", columns="kind", values="line", aggfunc="count", fill_value=0)
+
     def to_html(self) -> str:
         s = self.summary
         head = (f"<h3>Replay detection over {len(s.sources)} source(s)</h3><p>{s.records} records; "
                 f"{s.replayed_fingerprints} replayed fingerprints ({s.extra_uses} extra uses); "
                 f"{s.reused_execution_ids} reused executionIds.</p>")
-        return head + (self.occurrences.to_html(index=False) if len(self.occurrences) else "")
+        if not len(self.occurrences):
+            return head
+        return head + bar_chart(self.by_source(), "replays by source") + self.occurrences.to_html(index=False)
 
     def _repr_html_(self) -> str:
         return self.to_html()

@@ -24,6 +24,7 @@ from .archive import ATTESTATIONS, SIGNALS, ArchiveError, iter_lines, open_archi
 from .attestation import parse_attestation_line
 from .audit import is_duckdb_file
 from .canonical import canonicalize, fingerprint_payload, parse_json
+from .charts import bar_chart
 from .checks import PolicyEntry, _SignalsAligner, load_archive_policies
 from .errors import CanonicalizationError, ParmanaError
 from .evaluate import Decision
@@ -89,11 +90,18 @@ class ReproReport:
                     for r in changed[:200]]
         return "\n".join(out) + "\n"
 
+    def by_policy(self) -> pd.DataFrame:
+        """Statuses counted per policy version: the chart's data."""
+        df = self.to_pandas()
+        df["policy"] = df["policyId"].fillna("?") + " " + df["policyVersion"].fillna("")
+        return df.pivot_table(index="policy", columns="status", values="line", aggfunc="count", fill_value=0)
+
     def to_html(self) -> str:
         s = self.summary
         counts = ", ".join(f"{k} {v}" for k, v in s.statuses.items())
         table = self.to_pandas().query("status != 'MATCH'").to_html(index=False) if s.total - s.statuses["MATCH"] else ""
-        return f"<h3>Reproducibility of <code>{s.source}</code></h3><p>{counts}</p>{table}"
+        chart = bar_chart(self.by_policy(), "re-execution by policy") if s.total else ""
+        return f"<h3>Reproducibility of <code>{s.source}</code></h3><p>{counts}</p>{chart}{table}"
 
     def _repr_html_(self) -> str:
         return self.to_html()

@@ -98,3 +98,12 @@ def test_cli_audit_replays(tmp_path, policy_dir, clock):
     assert run(a, c).returncode == 0
     missing = run(tmp_path / "nowhere")
     assert missing.returncode == 2 and "ARC-001" in missing.stderr
+
+
+def test_html_report_carries_a_chart(tmp_path, policy_dir, clock):
+    a, _ = _runtime_archive(tmp_path, "a", policy_dir, clock, [claims_request()])
+    b, _ = _runtime_archive(tmp_path, "b", policy_dir, clock, [claims_request()])
+    with find_replays([a, b]) as report:
+        html = report.to_html()
+        assert "data:image/png;base64," in html and "replays by source" in html
+        assert report.by_source().to_dict()["occurrences of replayed fingerprints"] == {"a-archive": 1, "b-archive": 1}

@@ -112,3 +112,10 @@ def test_cli_audit_reproduce(tmp_path, policy_dir, clock):
     assert set(first) == {"executionId", "status", "diff", "why"} and first["status"] == "DIVERGED"
     assert first["diff"]["action"] == ["manual_review", "approve"]
     assert run(archive, "--policy-version", "nonsense").returncode == 2
+
+
+def test_html_report_carries_a_chart(tmp_path, policy_dir, clock):
+    archive, _ = _archive(tmp_path, policy_dir, clock, [loan_request(score=s) for s in (450, 750)])
+    report = reproduce(archive)
+    assert "data:image/png;base64," in report.to_html()
+    assert report.by_policy().to_dict() == {"MATCH": {"loan-approval 1.0.0": 2}}
