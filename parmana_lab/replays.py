@@ -22,17 +22,15 @@ from .audit import is_duckdb_file
 from .charts import bar_chart
 from .errors import AuditStoreError
 
-_FIELDS = {
-    "execution_fingerprint": "$.execution_fingerprint",
-    "executionId": "$.executionId",
-    "issuedAt": "$.issuedAt",
-    "signerKeyId": "$.signerKeyId",
-    "runtimeHash": "$.runtimeHash",
-    "policyId": "$.policyId",
-    "policyVersion": "$.policyVersion",
-    "action": "$.decision.action",
-}
-OCCURRENCE_COLUMNS = ("execution_fingerprint", "source", "line", "executionId", "issuedAt", "signerKeyId", "runtimeHash", "action")
+# read straight from the JSON lines: DuckDB parses only the members a query touches
+_STRING_MEMBERS = ("executionId", "execution_fingerprint", "policyId", "policyVersion", "schemaVersion", "runtimeVersion",
+                   "runtimeHash", "evaluatorArtifactHash", "signalsHash", "bundleHash", "execution_state", "issuedAt",
+                   "signerKeyId", "signature")
+_JSON_COLUMNS = "{" + ", ".join(f"'{m}': 'VARCHAR'" for m in _STRING_MEMBERS) + (
+    ", 'decision': 'STRUCT(action VARCHAR, requires_override BOOLEAN, reason VARCHAR, ruleId VARCHAR)'}"
+)
+_SELECT = ", ".join(_STRING_MEMBERS) + ", decision.action AS action"
+OCCURRENCE_COLUMNS = ("execution_fingerprint", "source", "executionId", "issuedAt", "signerKeyId", "runtimeHash", "action")
 
 
 class ReplaySummary(BaseModel):
@@ -57,13 +55,17 @@ class ReplayReport:
             f"""
             WITH replayed AS (SELECT execution_fingerprint FROM records GROUP BY ALL HAVING count(*) > 1)
             SELECT {", ".join(OCCURRENCE_COLUMNS)} FROM records SEMI JOIN replayed USING (execution_fingerprint)
-            ORDER BY execution_fingerprint, issuedAt, source, line
+            ORDER BY execution_fingerprint, issuedAt, source, executionId
             """
         ).df()
+        # content is compared only for executionIds seen more than once
+        content = "md5(concat_ws('|', " + ", ".join(_STRING_MEMBERS) + ", decision::VARCHAR))"
         self.reused_ids = con.execute(
-            """
-            SELECT executionId, count(DISTINCT md5(canonical)) AS versions, list(DISTINCT source ORDER BY source) AS sources
-            FROM records GROUP BY executionId HAVING count(DISTINCT md5(canonical)) > 1 ORDER BY executionId
+            f"""
+            WITH repeated AS (SELECT executionId FROM records GROUP BY ALL HAVING count(*) > 1)
+            SELECT executionId, count(DISTINCT {content}) AS versions, list(DISTINCT source ORDER BY source) AS sources
+            FROM records SEMI JOIN repeated USING (executionId)
+            GROUP BY executionId HAVING count(DISTINCT {content}) > 1 ORDER BY executionId
             """
         ).df()
         self.records = con.execute("SELECT count(*) FROM records").fetchall()[0][0]
@@ -83,11 +85,11 @@ class ReplayReport:
 
     @property
     def relation(self) -> duckdb.DuckDBPyRelation:
-        """Every record of every source: source, line, canonical JSON and the main fields."""
+        """Every record of every source: its source and every attestation member (decision as a struct)."""
         return self.con.table("records")
 
     def sql(self, query: str) -> pd.DataFrame:
-        """Your own SQL over the view ``records``."""
+        """Your own SQL over the view ``records`` (source, every attestation member, action)."""
         return self.con.execute(query).df()
 
     @property
@@ -105,7 +107,7 @@ class ReplayReport:
         """One finding per replayed fingerprint, with each occurrence (the --json line format)."""
         out = []
         for fp, group in self.occurrences.groupby("execution_fingerprint", sort=True):
-            occurrences = group.drop(columns=["execution_fingerprint", "line"]).rename(columns={"action": "decision"})
+            occurrences = group.drop(columns=["execution_fingerprint"]).rename(columns={"action": "decision"})
             out.append({"execution_fingerprint": fp, "occurrences": occurrences.to_dict("records")})
         return out
 
@@ -121,10 +123,10 @@ class ReplayReport:
             f"{s.reused_execution_ids} executionIds reused with different content.",
         ]
         if len(self.occurrences):
-            lines += ["", "| execution_fingerprint | source | line | executionId | issuedAt | signerKeyId | decision |",
-                      "| --- | --- | ---: | --- | --- | --- | --- |"]
+            lines += ["", "| execution_fingerprint | source | executionId | issuedAt | signerKeyId | decision |",
+                      "| --- | --- | --- | --- | --- | --- |"]
             lines += [
-                f"| {r.execution_fingerprint[:16]}… | {r.source} | {r.line} | {r.executionId} | {r.issuedAt} | {r.signerKeyId} | {r.action} |"
+                f"| {r.execution_fingerprint[:16]}… | {r.source} | {r.executionId} | {r.issuedAt} | {r.signerKeyId} | {r.action} |"
                 for r in self.occurrences.itertuples()
             ]
         return "\n".join(lines) + "\n"
@@ -132,7 +134,7 @@ class ReplayReport:
     def by_source(self) -> pd.DataFrame:
         """Replayed occurrences counted per source: the chart's data."""
         occ = self.occurrences.assign(kind="occurrences of replayed fingerprints")
-        return occ.pivot_table(index="source", columns="kind", values="line", aggfunc="count", fill_value=0)
+        return occ.pivot_table(index="source", columns="kind", values="executionId", aggfunc="count", fill_value=0)
 
     def to_html(self) -> str:
         s = self.summary
@@ -173,18 +175,21 @@ def find_replays(sources: Sequence[str | Path]) -> ReplayReport:
                         "AUD-001", "audit", f"cannot read audit DB {path} ({str(exc).splitlines()[0]}); close the runtime "
                         "or notebook holding it, or export it as an archive first"
                     ) from None
-                parts.append(f"SELECT '{_sql_text(name)}' AS source, seq AS line, canonical FROM src{i}.attestations")
+                members = ", ".join(m for m in _STRING_MEMBERS)
+                parts.append(
+                    f"SELECT '{_sql_text(name)}' AS source, {members}, {{'action': decision_action, 'requires_override': "
+                    "decision_requires_override, 'reason': decision_reason, 'ruleId': decision_ruleId} AS decision "
+                    f"FROM src{i}.attestations"
+                )
             else:
                 root = stack.enter_context(open_archive(path))
                 if not (root / ATTESTATIONS).is_file():
                     raise ArchiveError("ARC-005", f"{path} has no {ATTESTATIONS}; is this a parmana archive?")
                 parts.append(
-                    f"SELECT '{_sql_text(name)}' AS source, row_number() OVER () AS line, column0 AS canonical "
-                    f"FROM read_csv('{_sql_path(root / ATTESTATIONS)}', delim='\\x1f', quote='', escape='', header=false, "
-                    "columns={'column0': 'VARCHAR'}, auto_detect=false, parallel=false)"
+                    f"SELECT '{_sql_text(name)}' AS source, * FROM read_json('{_sql_path(root / ATTESTATIONS)}', "
+                    f"format='newline_delimited', columns={_JSON_COLUMNS}, ignore_errors=true)"
                 )
-        fields = ", ".join(f"json_extract_string(canonical, '{path}') AS {name}" for name, path in _FIELDS.items())
-        con.execute(f"CREATE TEMP VIEW records AS SELECT source, line, canonical, {fields} FROM ({' UNION ALL '.join(parts)})")
+        con.execute(f"CREATE TEMP VIEW records AS SELECT source, {_SELECT}, decision FROM ({' UNION ALL '.join(parts)})")
         return ReplayReport(con, names, stack)
     except BaseException:
         con.close()
