@@ -31,9 +31,9 @@ from .validation import validate_signals
 
 CHECKS = ("schema", "key", "signature", "fingerprint", "signals_hash", "policy", "decision", "runtime", "duplicate")
 CheckStatus = Literal["verified", "failed", "unknown", "not_checkable"]
-_STATUS = ("verified", "failed", "unknown", "not_checkable")
+STATUS_NAMES = ("verified", "failed", "unknown", "not_checkable")
 VERIFIED, FAILED, UNKNOWN, NOT_CHECKABLE = range(4)
-_CHECK = {name: i for i, name in enumerate(CHECKS)}
+CHECK_INDEX = {name: i for i, name in enumerate(CHECKS)}
 
 CODE_ORDER = (
     "MALFORMED",
@@ -49,7 +49,7 @@ CODE_ORDER = (
     "DUPLICATE_FINGERPRINT",
     "RUNTIME_UNKNOWN",
 )
-_RANK = {code: i for i, code in enumerate(CODE_ORDER)}
+CODE_RANK = {code: i for i, code in enumerate(CODE_ORDER)}
 HINTS = {
     "VERIFIED": "every check that could run passed",
     "MALFORMED": "the record is not a well-formed canonical v1 attestation: the archive was edited or damaged",
@@ -309,7 +309,7 @@ def _decision_mismatch(entry: PolicyEntry, signals: dict[str, Any], attested: di
     return (f"{attested['action']} by rule {attested['ruleId']} ({state})", f"{got[0]} by rule {got[3]} ({got[4]})")
 
 
-class _SignalsAligner:
+class SignalsAligner:
     """Pairs each attestation line with its signals line.
 
     The exporter writes both files in the same order, so pairing is positional

@@ -26,7 +26,7 @@ from .attestation import parse_attestation_line
 from .audit import is_duckdb_file
 from .canonical import canonicalize, fingerprint_payload, parse_json
 from .charts import bar_chart
-from .checks import PolicyEntry, _SignalsAligner, load_archive_policies
+from .checks import PolicyEntry, SignalsAligner, load_archive_policies
 from .errors import CanonicalizationError, ParmanaError
 from .evaluate import Decision
 from .evaluate import evaluate as current_evaluate
@@ -229,7 +229,7 @@ def _records(path: Path) -> Iterator[tuple[Iterator[tuple[int, bytes, bytes | No
     with open_archive(path) as root:
         if not (root / ATTESTATIONS).is_file():
             raise ArchiveError("ARC-005", f"{path} has no {ATTESTATIONS}; is this a parmana archive or audit DB?")
-        aligner = _SignalsAligner(iter_lines(root / SIGNALS)) if (root / SIGNALS).is_file() else None
+        aligner = SignalsAligner(iter_lines(root / SIGNALS)) if (root / SIGNALS).is_file() else None
 
         def lines() -> Iterator[tuple[int, bytes, bytes | None]]:
             for number, line in enumerate(iter_lines(root / ATTESTATIONS), start=1):

@@ -49,18 +49,18 @@ from .archive import (
 from .attestation import ExecutionAttestation, decode_signature, parse_attestation_line
 from .canonical import canonicalize, parse_json
 from .checks import (
-    _CHECK,
-    _RANK,
-    _STATUS,
+    CHECK_INDEX,
     CHECKS,
+    CODE_RANK,
     FAILED,
     HINTS,
     NOT_CHECKABLE,
+    STATUS_NAMES,
     CheckStatus,
     Context,
     PolicyEntry,
     Row,
-    _SignalsAligner,
+    SignalsAligner,
     check_chunk,
     check_line,
     load_archive_policies,
@@ -155,14 +155,14 @@ def verify_attestation(
 
 def _mark(row: Row, check: str, status: int) -> Row:
     st = bytearray(row[6])
-    st[_CHECK[check]] = status
+    st[CHECK_INDEX[check]] = status
     return (*row[:6], bytes(st), row[7])
 
 
 def _result(row: Row, *, with_line: bool = True) -> VerificationResult:
     number, eid, pid, pver, action, _, statuses, findings = row
-    checks = {name: _STATUS[s] for name, s in zip(CHECKS, statuses)}
-    ordered = sorted(findings, key=lambda f: _RANK[f[0]])
+    checks = {name: STATUS_NAMES[s] for name, s in zip(CHECKS, statuses)}
+    ordered = sorted(findings, key=lambda f: CODE_RANK[f[0]])
     failed = [f for f in ordered if f[0] != "RUNTIME_UNKNOWN"]
     if failed:
         status, top = "failed", failed[0]
@@ -280,7 +280,7 @@ class RowTable:
                 first = None
 
     def _mark_duplicate(self, row: int, first: int) -> None:
-        self._statuses[row * len(CHECKS) + _CHECK["duplicate"]] = FAILED
+        self._statuses[row * len(CHECKS) + CHECK_INDEX["duplicate"]] = FAILED
         finding = ("DUPLICATE_FINGERPRINT", "duplicate", f"first use at line {first + 1}", f"used again at line {row + 1}")
         self.findings[row] = (*self.findings.get(row, ()), finding)
 
@@ -297,7 +297,7 @@ class RowTable:
     def primary_codes(self) -> list[str]:
         codes = ["VERIFIED"] * len(self)
         for i, findings in self.findings.items():
-            codes[i] = min((f[0] for f in findings), key=_RANK.__getitem__)
+            codes[i] = min((f[0] for f in findings), key=CODE_RANK.__getitem__)
         return codes
 
     def frame(self) -> dict[str, Any]:
@@ -307,7 +307,7 @@ class RowTable:
         ids = bytes(self._ids)
         kinds = np.frombuffer(self._kind_of, dtype=np.uint32) if n else np.zeros(0, np.uint32)
         statuses = np.frombuffer(bytes(self._statuses), dtype=np.uint8).reshape(n, width)
-        names = np.array(_STATUS, dtype=object)
+        names = np.array(STATUS_NAMES, dtype=object)
         data: dict[str, Any] = {
             "line": np.arange(1, n + 1),
             "executionId": [ids[a:b].decode("utf-8", "surrogatepass") or None for a, b in zip(starts.tolist(), ends.tolist())],
@@ -343,7 +343,7 @@ class ArchiveReport(BaseModel):
     @property
     def summary(self) -> ArchiveSummary:
         total = len(self.table)
-        codes = Counter(min((f[0] for f in fs), key=_RANK.__getitem__) for fs in self.table.findings.values())
+        codes = Counter(min((f[0] for f in fs), key=CODE_RANK.__getitem__) for fs in self.table.findings.values())
         if total - len(self.table.findings):
             codes["VERIFIED"] = total - len(self.table.findings)
         failed = sum(n for c, n in codes.items() if c not in ("VERIFIED", "RUNTIME_UNKNOWN"))
@@ -355,7 +355,7 @@ class ArchiveReport(BaseModel):
             verified=codes.get("VERIFIED", 0),
             warnings=codes.get("RUNTIME_UNKNOWN", 0),
             failed=failed,
-            codes=dict(sorted(codes.items(), key=lambda kv: _RANK.get(kv[0], -1))),
+            codes=dict(sorted(codes.items(), key=lambda kv: CODE_RANK.get(kv[0], -1))),
             archive_codes=archive_codes,
             trust=self.trust,
         )
@@ -438,7 +438,7 @@ def _verify_tree(source, root, trust_store, workers, progress, known_runtimes, t
 
     def blocks() -> Iterator[tuple[int, list[bytes], list[bytes | None] | None]]:
         """(first line number, attestation lines, their paired signals lines or None) per block read."""
-        signals = _SignalsAligner(chain.from_iterable(iter_line_blocks(signals_path))) if ctx.signals_available else None
+        signals = SignalsAligner(chain.from_iterable(iter_line_blocks(signals_path))) if ctx.signals_available else None
         number = 0
         for lines in iter_line_blocks(root / ATTESTATIONS, digest=att_digest):
             yield number + 1, lines, list(map(signals.for_line, lines)) if signals is not None else None
