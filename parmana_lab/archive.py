@@ -159,7 +159,7 @@ def _write_tree(db, root: Path, key, trust_store, with_signals, where, params, c
             att_fh.write(line + b"\n")
             referenced.add((pid, pver))
             if with_signals:  # one line per attestation, same order; null when the DB has none
-                sig_line = b'{"executionId":%s,"signals":%s}\n' % (quote(eid), sig.encode("utf-8") if sig else b"null")
+                sig_line = signals_line(eid, sig) + b"\n"
                 sig_digest.update(sig_line)
                 sig_fh.write(sig_line)
     files[ATTESTATIONS] = att_digest.hexdigest()
@@ -200,6 +200,11 @@ def _write_tree(db, root: Path, key, trust_store, with_signals, where, params, c
         policies=[f"{p}@{v}" for p, v in sorted(referenced)],
         merkleRoot=body["merkleRoot"],
     )
+
+
+def signals_line(execution_id: str, signals_jcs: str | None) -> bytes:
+    """One signals.jsonl line, JCS as it stands: the stored signals are canonical already."""
+    return b'{"executionId":%s,"signals":%s}' % (quote(execution_id), signals_jcs.encode("utf-8") if signals_jcs else b"null")
 
 
 def _stream(db: AuditDB, query: str, params: list[Any], batch: int = 20_000) -> Iterator[tuple]:

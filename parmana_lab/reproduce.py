@@ -21,7 +21,7 @@ import orjson
 import pandas as pd
 from pydantic import BaseModel
 
-from .archive import ATTESTATIONS, SIGNALS, ArchiveError, iter_lines, open_archive
+from .archive import ATTESTATIONS, SIGNALS, ArchiveError, iter_lines, open_archive, signals_line
 from .attestation import parse_attestation_line
 from .audit import is_duckdb_file
 from .canonical import canonicalize, fingerprint_payload, parse_json
@@ -219,8 +219,7 @@ def _records(path: Path) -> Iterator[tuple[Iterator[tuple[int, bytes, bytes | No
             def rows() -> Iterator[tuple[int, bytes, bytes | None]]:
                 while batch := cur.fetchmany(10_000):
                     for seq, canonical, sig, eid in batch:
-                        signals_line = canonicalize({"executionId": eid, "signals": parse_json(sig)}) if sig else None
-                        yield seq, canonical.encode("utf-8"), signals_line
+                        yield seq, canonical.encode("utf-8"), signals_line(eid, sig) if sig else None
 
             yield rows(), policies
         finally:

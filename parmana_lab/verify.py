@@ -136,17 +136,14 @@ def verify_attestation(
     else:
         line = attestation.encode("utf-8") if isinstance(attestation, str) else bytes(attestation)
     ctx = Context.build(trust_store, known_runtimes)
+    obj, _ = parse_attestation_line(line)
     if policy is not None:
         ctx.policies[policy.key] = PolicyEntry(policy.bundleHash, policy, None)
-    else:
-        obj, _ = parse_attestation_line(line)
-        if obj is not None:  # no policy given: that check cannot run, it has not failed
-            ctx.policies[(obj["policyId"], obj["policyVersion"])] = PolicyEntry(obj["bundleHash"], None, None)
+    elif obj is not None:  # no policy given: that check cannot run, it has not failed
+        ctx.policies[(obj["policyId"], obj["policyVersion"])] = PolicyEntry(obj["bundleHash"], None, None)
     signals_line = None
     if signals is not None:
-        obj, _ = parse_attestation_line(line)
-        eid = obj["executionId"] if obj else None
-        signals_line = orjson.dumps({"executionId": eid, "signals": signals})
+        signals_line = orjson.dumps({"executionId": obj["executionId"] if obj else None, "signals": signals})
     row = check_line(0, line, signals_line, ctx)
     if policy is None:
         row = _mark(row, "policy", NOT_CHECKABLE)
