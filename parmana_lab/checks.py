@@ -127,25 +127,33 @@ class Context:
         return raw
 
 
+def policy_entry(data: bytes | str, key: tuple[str, str], source: str | None = None) -> PolicyEntry:
+    """A stored policy document: its bundleHash, and the Policy when it validates and names ``key``."""
+    try:
+        document = parse_json(data)
+        bundle_hash = sha256(canonicalize(document)).hexdigest()
+    except CanonicalizationError as exc:
+        return PolicyEntry(None, None, f"policy file unusable: {exc}")
+    try:
+        policy = parse_policy(document, source=source)
+    except ParmanaError as exc:
+        return PolicyEntry(bundle_hash, None, str(exc))
+    if policy.key != key:
+        return PolicyEntry(bundle_hash, None, f"policy file names {policy.policyId} {policy.policyVersion}")
+    return PolicyEntry(bundle_hash, policy, None)
+
+
 def load_archive_policies(root: Path) -> dict[tuple[str, str], PolicyEntry]:
     out: dict[tuple[str, str], PolicyEntry] = {}
     folder = root / "policies"
     for path in sorted(folder.glob("*/*/policy.json")) if folder.is_dir() else ():
         key = (path.parent.parent.name, path.parent.name)
         try:
-            document = parse_json(path.read_bytes())
-            bundle_hash = sha256(canonicalize(document)).hexdigest()
-        except (CanonicalizationError, OSError) as exc:
+            data = path.read_bytes()
+        except OSError as exc:
             out[key] = PolicyEntry(None, None, f"policy file unusable: {exc}")
             continue
-        try:
-            policy = parse_policy(document, source=f"policies/{key[0]}/{key[1]}/policy.json")
-            problem = None
-            if policy.key != key:
-                policy, problem = None, f"policy file names {document.get('policyId')} {document.get('policyVersion')}"
-        except ParmanaError as exc:
-            policy, problem = None, str(exc)
-        out[key] = PolicyEntry(bundle_hash, policy, problem)
+        out[key] = policy_entry(data, key, source=f"policies/{key[0]}/{key[1]}/policy.json")
     return out
 
 

@@ -24,13 +24,13 @@ from pydantic import BaseModel
 from .archive import ATTESTATIONS, SIGNALS, ArchiveError, iter_lines, open_archive, signals_line
 from .attestation import parse_attestation_line
 from .audit import is_duckdb_file
-from .canonical import canonicalize, fingerprint_payload, parse_json
+from .canonical import canonicalize, fingerprint_payload
 from .charts import bar_chart
-from .checks import PolicyEntry, SignalsAligner, load_archive_policies
-from .errors import CanonicalizationError, ParmanaError
+from .checks import PolicyEntry, SignalsAligner, load_archive_policies, policy_entry
+from .errors import ParmanaError
 from .evaluate import Decision
 from .evaluate import evaluate as current_evaluate
-from .policy import Policy, PolicyStore, parse_policy
+from .policy import Policy, PolicyStore
 from .provenance import evaluator_artifact_hash, runtime_hash, runtime_manifest
 from .validation import validate_signals
 
@@ -210,7 +210,8 @@ def _records(path: Path) -> Iterator[tuple[Iterator[tuple[int, bytes, bytes | No
     if is_duckdb_file(path):
         con = duckdb.connect(str(path), read_only=True)
         try:
-            policies = {(p, v): _entry(doc) for p, v, doc in con.execute("SELECT policyId, policyVersion, document FROM policies").fetchall()}
+            policies = {(p, v): policy_entry(doc, (p, v))
+                        for p, v, doc in con.execute("SELECT policyId, policyVersion, document FROM policies").fetchall()}
             cur = con.execute(
                 "SELECT a.seq, a.canonical, s.signals, a.executionId FROM attestations a LEFT JOIN "
                 "(SELECT executionId, any_value(signals) AS signals FROM signals GROUP BY ALL) s USING (executionId) ORDER BY a.seq"
@@ -236,14 +237,3 @@ def _records(path: Path) -> Iterator[tuple[Iterator[tuple[int, bytes, bytes | No
 
         yield lines(), load_archive_policies(root)
 
-
-def _entry(document_json: str) -> PolicyEntry:
-    try:
-        document = parse_json(document_json)
-        bundle_hash = hashlib.sha256(canonicalize(document)).hexdigest()
-    except CanonicalizationError as exc:
-        return PolicyEntry(None, None, str(exc))
-    try:
-        return PolicyEntry(bundle_hash, parse_policy(document), None)
-    except ParmanaError as exc:
-        return PolicyEntry(bundle_hash, None, str(exc))
