@@ -85,3 +85,22 @@ def verification_html(result) -> str:
         rows += [("expected", result.expected), ("observed", result.observed)]
     rows += [(f"check {name}", status) for name, status in result.checks.items()]
     return table(rows, title="VerificationResult")
+
+
+def error_html(exc: BaseException) -> str:
+    """A refusal as a person reads it: code, stage, reason (never a traceback)."""
+    code, stage, reason = getattr(exc, "code", None), getattr(exc, "stage", None), getattr(exc, "reason", None)
+    if code is None:  # not one of ours: still a message, with the type to search for
+        code, stage, reason = "internal error", type(exc).__name__, str(exc) or repr(exc)
+    return (f"<div style='border-left:4px solid #cf222e;padding:4px 8px;background:#fff5f5'>"
+            f"<b>{escape(code)}</b> at <i>{escape(stage)}</i>: {escape(reason)}</div>")
+
+
+def notice_html(text: str) -> str:
+    return f"<div style='color:#57606a;padding:2px 0'>{escape(text)}</div>"
+
+
+def frame_html(df, max_rows: int = 200) -> str:
+    """A DataFrame as a compact table, cut at ``max_rows`` with a note saying so."""
+    more = f"<p>… {len(df) - max_rows} more rows</p>" if len(df) > max_rows else ""
+    return f"<div style='max-height:320px;overflow:auto;font-size:12px'>{df.head(max_rows).to_html(index=False)}</div>{more}"

@@ -291,6 +291,15 @@ def load_policy_file(path: str | Path, *, check_location: bool = True) -> Policy
     return policy
 
 
+def version_order(version: str) -> tuple:
+    """Sort key in semver precedence for the release part (1.10.0 after 1.9.0); odd names sort last, by text."""
+    core = version.split("+", 1)[0].split("-", 1)
+    numbers = core[0].split(".")
+    if not all(n.isdigit() for n in numbers):
+        return (1, (), version)
+    return (0, tuple(map(int, numbers)), len(core) == 1, version)  # a pre-release sorts before its release
+
+
 class PolicyStore:
     """Policies under ``root/{policyId}/{policyVersion}/policy.json``, loaded once each."""
 
@@ -318,7 +327,7 @@ class PolicyStore:
 
     def versions(self, policy_id: str) -> list[str]:
         folder = self.root / policy_id
-        return sorted(p.parent.name for p in folder.glob(f"*/{POLICY_FILE}")) if folder.is_dir() else []
+        return sorted((p.parent.name for p in folder.glob(f"*/{POLICY_FILE}")), key=version_order) if folder.is_dir() else []
 
     def paths(self) -> Iterator[Path]:
         yield from sorted(self.root.glob(f"*/*/{POLICY_FILE}"))

@@ -20,7 +20,7 @@ import os
 import pickle
 from array import array
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from itertools import chain, repeat
 from multiprocessing.context import BaseContext
@@ -69,6 +69,8 @@ from .errors import CanonicalizationError, KeyStoreError, ParmanaError
 from .keys import TrustStore
 from .merkle import MerkleBuilder
 from .policy import Policy
+
+ProgressCallback = Callable[[int, int | None], None]
 
 
 class Finding(BaseModel):
@@ -361,6 +363,12 @@ class ArchiveReport(BaseModel):
         for row in self.table:
             yield _result(row)
 
+    def result(self, line: int) -> VerificationResult:
+        """The verdict on one attestation line (numbered from 1)."""
+        if not 1 <= line <= len(self.table):
+            raise IndexError(f"line {line} is not in this archive (1..{len(self.table)})")
+        return _result(self.table.row(line - 1))
+
     def failures(self) -> list[VerificationResult]:
         table = self.table
         return [
@@ -396,12 +404,17 @@ def verify_archive(
     trust_store: TrustStore | str | Path | None,
     *,
     workers: int = 1,
-    progress: bool = True,
+    progress: bool | ProgressCallback = True,
     known_runtimes: Iterable[str] | None = None,
     trust_archive_keys: bool = False,
     chunk_lines: int = 2_000,
 ) -> ArchiveReport:
-    """Verify an archive (directory, .zip or .tar.gz) offline against a trust store."""
+    """Verify an archive (directory, .zip or .tar.gz) offline against a trust store.
+
+    ``progress``: True for a tqdm bar (terminal or notebook), False for silence,
+    or a callable ``(done, total)`` for a display of your own (``total`` is the
+    manifest's count, None when the manifest is unusable).
+    """
     with open_archive(path) as root:
         return _verify_tree(Path(path), root, trust_store, workers, progress, known_runtimes, trust_archive_keys, chunk_lines)
 
@@ -507,13 +520,14 @@ def _file_sha256(path: Path) -> str:
 
 # -- running the checks, in-process or in workers ------------------------------------------
 
-def _run_checks(blocks, ctx: Context, merkle: MerkleBuilder, workers: int, chunk_lines: int, progress: bool,
-                total: int | None, label: str) -> RowTable:
+def _run_checks(blocks, ctx: Context, merkle: MerkleBuilder, workers: int, chunk_lines: int,
+                progress: bool | ProgressCallback, total: int | None, label: str) -> RowTable:
     from tqdm.auto import tqdm
 
     # workers start before the progress bar, whose monitor thread would rule out forking
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) if workers > 1 else None
-    bar = tqdm(total=total, unit="att", desc=f"verify {label}", disable=not progress, leave=False)
+    bar = _CallbackBar(progress, total) if callable(progress) else \
+        tqdm(total=total, unit="att", desc=f"verify {label}", disable=not progress, leave=False)
     collector = RowTable()
     try:
         with cyclic_gc_paused():
@@ -548,6 +562,21 @@ def _run_checks(blocks, ctx: Context, merkle: MerkleBuilder, workers: int, chunk
             pool.shutdown(cancel_futures=True)
     collector.finish()
     return collector
+
+
+class _CallbackBar:
+    """The two tqdm methods _run_checks uses, reporting to a caller's function."""
+
+    def __init__(self, report: ProgressCallback, total: int | None) -> None:
+        self.report, self.total, self.done = report, total, 0
+        report(0, total)
+
+    def update(self, n: int) -> None:
+        self.done += n
+        self.report(self.done, self.total)
+
+    def close(self) -> None:
+        pass
 
 
 def _pack_chunk(start: int, lines: list[bytes], sigs: list[bytes | None] | None) -> tuple:
