@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench lab screenshots clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,16 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+
+# JupyterLab is not needed to run or test the kit, so it is installed only on demand.
+lab: $(STAMP)
+	$(BIN)/python -m pip install --quiet 'jupyterlab>=4.2,<5'
+	$(BIN)/jupyter lab notebooks/
+
+# Re-render docs/img/*.png in a real JupyterLab; needs a Chromium (Debian: apt install chromium).
+screenshots: $(STAMP)
+	$(BIN)/python -m pip install --quiet 'jupyterlab>=4.2,<5' 'playwright>=1.45'
+	$(BIN)/python docs/render_screenshots.py
 
 clean:
 	rm -rf $(VENV) .parmana .pytest_cache

@@ -17,7 +17,7 @@ import duckdb
 
 from parmana_lab import PolicyStore, Runtime, default_policy_dir, evaluate
 from parmana_lab.replays import find_replays
-from parmana_lab.reproduce import reproduce
+from parmana_lab.reproducibility import reproduce
 
 from .bench_runtime import loan_requests
 from .common import Measure

@@ -56,8 +56,8 @@ _EXPORTS = {
     "evaluator_artifact_hash": ".provenance",
     "export_archive": ".archive",
     "find_replays": ".replays",
-    "reproduce": ".reproduce",
-    "ReproReport": ".reproduce",
+    "reproduce": ".reproducibility",
+    "ReproReport": ".reproducibility",
     "ReplayReport": ".replays",
     "import_archive": ".archive",
     "load_policy_file": ".policy",
@@ -179,7 +179,7 @@ if TYPE_CHECKING:
         runtime_manifest,
     )
     from .replays import ReplayReport, find_replays
-    from .reproduce import ReproReport, reproduce
+    from .reproducibility import ReproReport, reproduce
     from .runtime import Runtime
     from .validation import ExecutionRequest, parse_request, validate_signals
     from .verify import ArchiveReport, VerificationResult, verify_archive, verify_attestation

@@ -83,8 +83,16 @@ def verification_html(result) -> str:
     ]
     if result.expected is not None:
         rows += [("expected", result.expected), ("observed", result.observed)]
-    rows += [(f"check {name}", status) for name, status in result.checks.items()]
+    rows.append(("checks", Html(" ".join(_check_chip(name, status) for name, status in result.checks.items()))))
     return table(rows, title="VerificationResult")
+
+
+_CHECK_COLOURS = {"verified": "#1a7f37", "failed": "#cf222e", "warning": "#9a6700"}
+
+
+def _check_chip(name: str, status: str) -> str:
+    colour = _CHECK_COLOURS.get(status, "#57606a")
+    return f"<span title='{escape(status)}' style='color:{colour};white-space:nowrap'>{escape(name)}: {escape(status)}</span>"
 
 
 def error_html(exc: BaseException) -> str:

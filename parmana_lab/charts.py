@@ -18,6 +18,7 @@ def bar_chart(counts: pd.DataFrame, title: str) -> str:
     fig, ax = plt.subplots(figsize=(6, 0.4 * max(len(counts), 2) + 1))
     try:
         counts.plot.barh(stacked=True, ax=ax, width=0.7)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title=counts.columns.name)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("count")
         ax.invert_yaxis()

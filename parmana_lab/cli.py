@@ -17,7 +17,7 @@ from .policy import PolicyStore
 from .provenance import runtime_info
 from .replays import find_replays
 from .reports import archive_text
-from .reproduce import reproduce
+from .reproducibility import reproduce
 from .runtime import Runtime
 from .verify import verify_archive
 from .workspace import DEFAULT_WORKSPACE, Workspace, default_policy_dir

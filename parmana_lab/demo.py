@@ -18,7 +18,7 @@ from .canonical import parse_json
 from .errors import ParmanaError
 from .replays import find_replays
 from .reports import archive_text
-from .reproduce import reproduce
+from .reproducibility import reproduce
 from .runtime import Runtime
 from .verify import verify_archive
 from .workspace import default_policy_dir, default_requests_dir

@@ -335,6 +335,8 @@ class ArchiveReport(BaseModel):
         s = self.summary
         return f"ArchiveReport({s.source!r}: {s.status}, {s.verified}/{s.total} verified, {s.failed} failed)"
 
+    __str__ = __repr__
+
     @property
     def status(self) -> Literal["verified", "failed"]:
         return self.summary.status

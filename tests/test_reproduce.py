@@ -7,7 +7,7 @@ from pathlib import Path
 from parmana_lab import Runtime, canonicalize
 from parmana_lab.evaluate import Decision
 from parmana_lab.evaluate import evaluate as kit_evaluate
-from parmana_lab.reproduce import reproduce
+from parmana_lab.reproducibility import reproduce
 
 from .conftest import SAMPLE_POLICIES, loan_request, sample_requests
 

@@ -114,7 +114,7 @@ def test_dashboard_verifies_filters_and_explains(two_archives):
     assert dash.filtered()["line"].tolist() == [3] and dash.filtered()["archive"].tolist() == ["tampered"]
     assert len(dash.detail_picker.options) == 1
     dash.detail_picker.value = dash.detail_picker.options[0][1]
-    assert "SIGNATURE_INVALID" in dash.detail.value and "check signature" in dash.detail.value
+    assert "SIGNATURE_INVALID" in dash.detail.value and "signature: failed" in dash.detail.value
     dash.code_filter.value = "all codes"
     eid = dash.frame["executionId"][0]
     dash.search.value = eid[:13]
@@ -265,7 +265,7 @@ def test_inspector_shows_the_signed_bytes_and_refuses_bad_json(runtime):
     att = runtime.execute(claims_request())
     inspector = AttestationInspector(att.canonical(), runtime.trust_store())  # a line from an archive works too
     tabs = inspector.children[1]
-    assert [tabs.get_title(i) for i in range(4)] == ["fields", "canonical payload (JCS)", "PAE bytes (signed)", "verification"]
+    assert [tabs.get_title(i) for i in range(4)] == ["fields", "payload (JCS)", "signed bytes (PAE)", "verification"]
     assert att.execution_fingerprint in tabs.children[1].value
     assert "DSSEv1 22 PARMANA_ATTESTATION_V1" in tabs.children[2].value
     assert f"{len(att.signing_message())} bytes" in tabs.children[2].value
@@ -275,6 +275,11 @@ def test_inspector_shows_the_signed_bytes_and_refuses_bad_json(runtime):
     inspector.value.value = '"approve"'
     inspector.tamper_button.click()
     assert "the signed bytes are unchanged" in inspector.outcome.value and inspector.tampered.code == "VERIFIED"
+    inspector.value.value = '"reject"'
+    inspector.tamper_button.click()
+    assert "the signed payload now differs from byte" in inspector.outcome.value
+    size = len(canonicalize(att.body()))
+    assert f"changes too ({size} → {size - 1})" in inspector.outcome.value  # "approve" -> "reject"
 
 
 def test_inspector_without_trust_store_cannot_vouch(runtime):

@@ -9,7 +9,7 @@ from typing import Any
 import ipywidgets as w
 
 from .._html import verification_html
-from ..attestation import FIELDS, ExecutionAttestation, signing_message
+from ..attestation import FIELDS, ExecutionAttestation
 from ..canonical import canonicalize, parse_json
 from ..errors import ParmanaError
 from ..keys import TrustStore
@@ -55,7 +55,7 @@ class AttestationInspector(Panel):
         pae_view = w.HTML(f"<p>{len(message)} bytes signed with Ed25519 by key {attestation.signerKeyId}</p>"
                           + _pre(printable(message)))
         tabs = w.Tab(children=[fields, payload, pae_view, w.HTML(verification_html(self.original))])
-        for i, name in enumerate(["fields", "canonical payload (JCS)", "PAE bytes (signed)", "verification"]):
+        for i, name in enumerate(["fields", "payload (JCS)", "signed bytes (PAE)", "verification"]):
             tabs.set_title(i, name)
         self.field = w.Dropdown(description="field", options=EDITABLE, value="decision.action")
         self.value = w.Text(description="new value", placeholder="JSON: \"text\", true, 42, null",
@@ -103,13 +103,15 @@ class AttestationInspector(Panel):
     def _explain(self, data: dict[str, Any], result: VerificationResult) -> str:
         body = {k: v for k, v in data.items() if k != "signature"}
         try:
-            before, after = self.attestation.signing_message(), signing_message(body)
+            before, after = canonicalize(self.attestation.body()), canonicalize(body)
         except ParmanaError as exc:
             bytes_note = f"the edited body cannot even be canonicalized: {exc.reason}"
         else:
             at = next((i for i, (a, b) in enumerate(zip(before, after)) if a != b), min(len(before), len(after)))
+            length = f"; its length in the PAE header changes too ({len(before)} → {len(after)})" if len(before) != len(after) else ""
             bytes_note = ("the signed bytes are unchanged" if before == after else
-                          f"the signed bytes now differ from byte {at} on: …{printable(after[max(at - 20, 0):at + 40])}…")
+                          f"the signed payload now differs from byte {at} on: …{printable(after[max(at - 24, 0):at + 36])}…"
+                          f"{length}")
         return f"<p>{escape(bytes_note)}</p>" + verification_html(result)
 
     @guarded

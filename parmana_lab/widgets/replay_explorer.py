@@ -82,7 +82,7 @@ class ReplayExplorer(Panel):
         assert self.report is not None
         occ = self.report.occurrences
         rows = occ[occ["execution_fingerprint"] == fingerprint]
-        side = rows[SIDE_BY_SIDE].T
+        side = rows[SIDE_BY_SIDE].assign(runtimeHash=rows["runtimeHash"].str[:16] + "…").T
         side.columns = [f"occurrence {i + 1}" for i in range(side.shape[1])]
         return side
 

@@ -13,7 +13,7 @@ from .._html import frame_html, table
 from ..charts import bar_chart
 from ..evaluate import evaluate
 from ..policy import PolicyStore, version_order
-from ..reproduce import Evaluator, ReproReport, reproduce
+from ..reproducibility import Evaluator, ReproReport, reproduce
 from ..workspace import default_policy_dir
 from ._base import Panel, button, guarded
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterable
+from html import escape
 from pathlib import Path
 from typing import Any
 
 import ipywidgets as w
 import pandas as pd
 
-from .._html import badge, frame_html, table, verification_html
+from .._html import frame_html, verification_html
 from ..charts import bar_chart
 from ..keys import TrustStore
 from ..verify import ArchiveReport, verify_archive
@@ -107,7 +108,7 @@ class VerificationDashboard(Panel):
                                           known_runtimes=self.known_runtimes, trust_archive_keys=self.trust_archive_keys.value))
         self.reports = reports
         self.frame = pd.concat([r.to_pandas().assign(archive=r.source) for r in reports], ignore_index=True)
-        self.summary.value = "".join(archive_html_head(r) for r in reports)
+        self.summary.value = summary_html(reports)
         counts = self.frame.pivot_table(index="code", columns="archive", values="line", aggfunc="count", fill_value=0)
         self.chart.value = bar_chart(counts, "attestations by reason code") if len(self.frame) else ""
         self.code_filter.options = [ALL, *sorted(self.frame["code"].unique())] if len(self.frame) else [ALL]
@@ -149,11 +150,12 @@ class VerificationDashboard(Panel):
         self.detail.value = verification_html(report.result(line))
 
 
-def archive_html_head(report: ArchiveReport) -> str:
-    """The report's heading and archive-level checks, without its failure list (the table shows those)."""
-    s = report.summary
-    rows = [("status", badge(s.status)), ("attestations", s.total), ("verified", s.verified), ("warnings", s.warnings),
-            ("failed", s.failed), ("trust", s.trust)]
-    rows += [(f"archive {c.code}", f"expected {c.expected}, observed {c.observed}") for c in report.archive_checks]
-    return table(rows, title=s.source)
-
+def summary_html(reports: list[ArchiveReport]) -> str:
+    """One row per archive: its status, counts and archive-level codes; then whose keys were trusted."""
+    rows = pd.DataFrame([
+        {"archive": s.source, "status": s.status.upper(), "attestations": s.total, "verified": s.verified, "warnings": s.warnings,
+         "failed": s.failed, "archive checks": ", ".join(s.archive_codes) or "—"}
+        for s in (r.summary for r in reports)
+    ])
+    trusts = sorted({r.trust for r in reports})
+    return frame_html(rows) + "".join(f"<p style='font-size:12px'>trust: {escape(t)}</p>" for t in trusts)
