@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench lab screenshots clean
+.PHONY: demo test stress bench lab screenshots clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check parmana_lab tests benchmarks
 	$(BIN)/python -m pytest
+
+# 1,000 SIGKILLs at random points (make test runs 50): nothing handed back is lost, nothing is confirmed twice.
+stress: $(STAMP)
+	PARMANA_KILLS=1000 $(BIN)/python -m pytest tests/test_crashes.py -p no:nbval -q -s
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -114,12 +115,13 @@ def is_duckdb_file(path: Path) -> bool:
 class AuditDB:
     """A DuckDB audit database file, migrated to the current schema on open."""
 
-    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
+    def __init__(self, path: str | Path, *, read_only: bool = False, wait: float = 0.0) -> None:
+        """``wait``: seconds to keep retrying while another process holds the file (0: refuse at once with AUD-001)."""
         self.path = Path(path)
         self.read_only = read_only
         self.transactions = 0
         self._lock = threading.RLock()
-        self._con = _connect(self.path, read_only)
+        self._con = connect(self.path, read_only=read_only, wait=wait)
         self._con.execute("SET enable_progress_bar = false")  # long exports must not scribble on stdout
         if not read_only:
             self._migrate()
@@ -225,6 +227,23 @@ class AuditDB:
 
 
 
+def connect(path: Path, *, read_only: bool = False, wait: float = 0.0) -> duckdb.DuckDBPyConnection:
+    """Open a DuckDB file with the kit's refusals (AUD-001 in use, AUD-002 not a DB, AUD-004 cannot open),
+    retrying while another process holds its lock, up to ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    pause = 0.02
+    while True:
+        try:
+            return _connect(path, read_only)
+        except AuditStoreError as exc:
+            if exc.code != "AUD-001" or time.monotonic() + pause > deadline:
+                if exc.code == "AUD-001" and wait > 0:
+                    exc.reason += f" (waited {wait:g} s)"
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.25)
+
+
 def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
     if read_only and not path.exists():
         raise AuditStoreError("AUD-002", "audit", f"no audit database at {path}")
@@ -235,20 +254,25 @@ def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
             raise AuditStoreError("AUD-004", "audit", f"cannot create {path.parent}: {exc.strerror}") from None
     try:
         return duckdb.connect(str(path), read_only=read_only)
-    except duckdb.IOException as exc:
-        text = str(exc)
-        if "lock" in text.lower():
-            pid = _LOCK_PID.search(text)
-            holder = f" (process {pid.group(1)})" if pid else ""
-            raise AuditStoreError(
-                "AUD-001",
-                "audit",
-                f"audit database {path} is in use by another process{holder}. Close that notebook kernel or "
-                "command, or pass another --workspace.",
-            ) from None
-        raise AuditStoreError("AUD-004", "audit", f"cannot open audit database {path}: {text}") from None
     except duckdb.Error as exc:
-        raise AuditStoreError("AUD-002", "audit", f"{path} is not a usable DuckDB audit database: {exc}") from None
+        raise open_refusal(path, exc) from None
+
+
+def open_refusal(path: Path, exc: duckdb.Error) -> AuditStoreError:
+    """What DuckDB's failure to open (or ATTACH) an audit DB file means for a person."""
+    text = str(exc)
+    if isinstance(exc, duckdb.IOException) and "lock" in text.lower():
+        pid = _LOCK_PID.search(text)
+        holder = f" (process {pid.group(1)})" if pid else ""
+        return AuditStoreError(
+            "AUD-001",
+            "audit",
+            f"audit database {path} is in use by another process{holder}. Close that notebook kernel or "
+            "command (or wait for it: --wait SECONDS), or pass another --workspace.",
+        )
+    if isinstance(exc, duckdb.IOException):
+        return AuditStoreError("AUD-004", "audit", f"cannot open audit database {path}: {text.splitlines()[0]}")
+    return AuditStoreError("AUD-002", "audit", f"{path} is not a usable DuckDB audit database: {text.splitlines()[0]}")
 
 
 def expiry(now: datetime, seconds: float) -> datetime:

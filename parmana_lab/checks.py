@@ -284,11 +284,14 @@ _SIG_CUT = len(b',"signature":"') + 88 + 1
 
 
 def _signals_slow(signals_line: bytes, eid: str) -> tuple[dict[str, Any] | None, bytes | None, str | None]:
-    """Parse a signals line that is not in the exporter's canonical form: (signals, JCS, problem)."""
+    """Parse a signals line that is not in the exporter's canonical form: (signals, JCS, problem).
+
+    Strictly: a duplicate key would let two readers see different signals behind one hash.
+    """
     try:
-        item = orjson.loads(signals_line)
-    except orjson.JSONDecodeError as exc:
-        return None, None, f"unusable signals line ({exc})"
+        item = parse_json(signals_line)
+    except CanonicalizationError as exc:
+        return None, None, f"unusable signals line ({exc.reason})"
     if type(item) is not dict or item.get("executionId") != eid:
         found = item.get("executionId") if type(item) is dict else None
         return None, None, f"the signals line paired with it is for executionId {found!r}"

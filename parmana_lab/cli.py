@@ -11,7 +11,7 @@ from typing import Any
 from .archive import import_archive
 from .canonical import canonicalize, parse_json
 from .demo import describe, run_demo
-from .errors import CanonicalizationError, ParmanaError, RequestError
+from .errors import CanonicalizationError, KeyStoreError, ParmanaError, RequestError
 from .keys import Keyring, TrustStore
 from .policy import PolicyStore
 from .provenance import runtime_info
@@ -41,6 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="parmana-lab", description="Run, verify and audit signed policy executions.")
     p.add_argument("--workspace", type=Path, default=DEFAULT_WORKSPACE, help="workspace folder (default ./.parmana)")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="wait this long for another process (a notebook, a command) holding the audit DB (default: refuse at once)")
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="execute request files (one request or a list per file)")
@@ -133,7 +135,7 @@ def _requests(files: Sequence[Path]) -> Iterator[Any]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     refused = False
-    with Runtime(args.workspace, policies=args.policies) as rt:
+    with Runtime(args.workspace, policies=args.policies, wait=args.wait) as rt:
         for result in _executed(rt, _requests(args.files)):
             if isinstance(result, ParmanaError):
                 refused = True
@@ -232,7 +234,7 @@ def cmd_policies(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     fmt = args.format or next((f for f in ("zip", "tar.gz") if args.out.name.endswith("." + f)), "dir")
     policy_id, _, policy_version = (args.policy or "").partition("@")
-    with Runtime(args.workspace) as rt:
+    with Runtime(args.workspace, wait=args.wait) as rt:
         result = rt.export_archive(
             args.out, format=fmt, signals=not args.no_signals, since=args.since, until=args.until,
             policy_id=policy_id or None, policy_version=policy_version or None,
@@ -244,8 +246,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     trust = args.trust or Workspace(args.workspace).keys_dir / "trust.json"
     if not Path(trust).exists() and not args.trust_archive_keys:
-        print(f"parmana-lab: no trust store at {trust}; pass --trust FILE (from `parmana-lab keys --json`)", file=sys.stderr)
-        return EXIT_UNUSABLE
+        raise KeyStoreError("KEY-004", "verify", f"no trust store at {trust}; pass --trust FILE (what `parmana-lab keys --json` "
+                            "prints on the producer's side)")
     store = TrustStore.load(trust) if Path(trust).exists() else TrustStore()
     failed = False
     for path in args.archives:
@@ -266,7 +268,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     conflicts = False
-    with Runtime(args.workspace) as rt:
+    with Runtime(args.workspace, wait=args.wait) as rt:
         for path in args.archives:
             result = import_archive(path, rt.db)
             conflicts |= bool(result.conflicts or result.malformed)

@@ -191,15 +191,32 @@ class TrustStore(BaseModel):
         return TrustStore(keys=[*self.keys, *(k for k in others if k.keyId not in known)])
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write may write less than asked (a full disk, a size limit): loop, then make it durable."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.fsync(fd)
+
+
 def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Write a sibling temporary file, then rename it over ``path``: readers see the old or the new file, never half."""
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        try:
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _unwritable(directory: Path, exc: OSError) -> KeyStoreError:
+    return KeyStoreError("KEY-006", "keys", f"cannot write key files in {directory}: {exc.strerror or exc} "
+                         "(is the workspace read-only or the disk full?); nothing was changed")
 
 
 class Keyring:
@@ -255,20 +272,27 @@ class Keyring:
     def rotate(self) -> SigningKey:
         """Make a new signing key; the previous one stays trusted for what it signed."""
         now = format_ts(self._clock())
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.dir, 0o700)
         key = SigningKey.generate()
         path = self.private_key_path(key.key_id)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.write(fd, key._pem())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(self.dir, self.dir.stat().st_mode & 0o700)  # private to the owner; never loosened
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                _write_all(fd, key._pem())
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            path.unlink(missing_ok=True)  # never leave a partial private key behind
+            raise _unwritable(self.dir, exc) from None
         store = self.trust_store()
         keys = [k.model_copy(update={"notAfter": now}) if k.notAfter is None else k for k in store.keys]
         keys.append(TrustedKey(keyId=key.key_id, publicKey=key.public_key_pem(), notBefore=now))
-        self._save(TrustStore(keys=keys))
+        try:
+            self._save(TrustStore(keys=keys))
+        except KeyStoreError:
+            path.unlink(missing_ok=True)  # the old trust store stands; the new key never existed
+            raise
         return key
 
     def revoke(self, key_id: str, at: str | None = None) -> TrustedKey:
@@ -283,5 +307,8 @@ class Keyring:
         return next(k for k in keys if k.keyId == key_id)
 
     def _save(self, store: TrustStore) -> None:
-        _write_atomic(self.trust_path, store.to_json().encode(), 0o644)
+        try:
+            _write_atomic(self.trust_path, store.to_json().encode(), 0o644)
+        except OSError as exc:
+            raise _unwritable(self.dir, exc) from None
 

@@ -18,9 +18,8 @@ import pandas as pd
 from pydantic import BaseModel
 
 from .archive import ATTESTATIONS, ArchiveError, open_archive
-from .audit import is_duckdb_file
+from .audit import is_duckdb_file, open_refusal
 from .charts import bar_chart
-from .errors import AuditStoreError
 
 # read straight from the JSON lines: DuckDB parses only the members a query touches
 _STRING_MEMBERS = ("executionId", "execution_fingerprint", "policyId", "policyVersion", "schemaVersion", "runtimeVersion",
@@ -171,10 +170,7 @@ def find_replays(sources: Sequence[str | Path]) -> ReplayReport:
                 try:
                     con.execute(f"ATTACH '{_sql_path(path)}' AS src{i} (READ_ONLY)")
                 except duckdb.Error as exc:
-                    raise AuditStoreError(
-                        "AUD-001", "audit", f"cannot read audit DB {path} ({str(exc).splitlines()[0]}); close the runtime "
-                        "or notebook holding it, or export it as an archive first"
-                    ) from None
+                    raise open_refusal(path, exc) from None
                 members = ", ".join(m for m in _STRING_MEMBERS)
                 parts.append(
                     f"SELECT '{_sql_text(name)}' AS source, {members}, {{'action': decision_action, 'requires_override': "

@@ -16,18 +16,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import orjson
 import pandas as pd
 from pydantic import BaseModel
 
 from .archive import ATTESTATIONS, SIGNALS, ArchiveError, iter_lines, open_archive, signals_line
 from .attestation import parse_attestation_line
-from .audit import is_duckdb_file
-from .canonical import canonicalize, fingerprint_payload
+from .audit import connect, is_duckdb_file
+from .canonical import canonicalize, fingerprint_payload, parse_json
 from .charts import bar_chart
 from .checks import PolicyEntry, SignalsAligner, load_archive_policies, policy_entry
-from .errors import ParmanaError
+from .errors import CanonicalizationError, ParmanaError
 from .evaluate import Decision
 from .evaluate import evaluate as current_evaluate
 from .policy import Policy, PolicyStore
@@ -193,8 +192,12 @@ def _signals(line: bytes | None, eid: str) -> tuple[dict[str, Any] | None, str |
         return None, "no signals for this execution in the source (exported with --no-signals?)"
     try:
         item = orjson.loads(line)  # a tampered line shows up as INPUT_MISMATCH against the attested hashes
+        if canonicalize(item) != line:
+            parse_json(line)  # not as exported: refuse what a strict reader would (duplicate keys make it ambiguous)
     except orjson.JSONDecodeError as exc:
         return None, f"unusable signals line: {exc}"
+    except CanonicalizationError as exc:
+        return None, f"unusable signals line: {exc.reason}"
     if not isinstance(item, dict) or item.get("executionId") != eid:
         return None, "no signals line for this execution"
     if item.get("signals") is None:
@@ -208,7 +211,7 @@ def _signals(line: bytes | None, eid: str) -> tuple[dict[str, Any] | None, str |
 def _records(path: Path) -> Iterator[tuple[Iterator[tuple[int, bytes, bytes | None]], dict]]:
     """(line number, canonical attestation, signals line) per execution, plus the stored policies."""
     if is_duckdb_file(path):
-        con = duckdb.connect(str(path), read_only=True)
+        con = connect(path, read_only=True)
         try:
             policies = {(p, v): policy_entry(doc, (p, v))
                         for p, v, doc in con.execute("SELECT policyId, policyVersion, document FROM policies").fetchall()}

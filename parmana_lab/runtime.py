@@ -51,6 +51,8 @@ class Runtime:
 
     Use as a context manager (or call ``close()``) to release the DuckDB file.
     ``clock`` and ``new_id`` are injectable so tests can move time and fix ids.
+    ``wait`` is how long to wait for another process that holds the audit DB
+    (a notebook kernel, another command) before refusing with AUD-001.
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class Runtime:
         reservation_ttl: float = 300.0,
         failed_ttl: float = 30.0,
         new_id=new_execution_id,
+        wait: float = 0.0,
     ) -> None:
         self.workspace = Workspace(workspace)
         self.policies = policies if isinstance(policies, PolicyStore) else PolicyStore(policies or default_policy_dir())
@@ -74,7 +77,7 @@ class Runtime:
         self.manifest = runtime_manifest()
         self.runtime_hash = runtime_hash(self.manifest)
         self.evaluator_artifact_hash = evaluator_artifact_hash()
-        self.db = AuditDB(self.workspace.audit_path)
+        self.db = AuditDB(self.workspace.audit_path, wait=wait)
         try:
             self._key = self.keyring.signing_key(create=True)
         except BaseException:
@@ -272,7 +275,8 @@ class Runtime:
             except (duckdb.Error, AuditStoreError):
                 pass  # the reservation then simply expires
             raise AuditStoreError(
-                "AUD-006", "audit", f"could not record {len(signed)} attestation(s) in {self.db.path}: {_first_line(exc)}; nothing was returned"
+                "AUD-006", "audit", f"could not record {len(signed)} attestation(s) in {self.db.path}: {_first_line(exc)}; "
+                f"nothing was returned and they can be retried{_storage_hint(str(exc))}"
             ) from None
 
     def _record_refusals(self, refusals: list[tuple]) -> None:
@@ -303,4 +307,13 @@ def _text(value: Any) -> str | None:
 
 
 def _first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    text = exc.reason if isinstance(exc, ParmanaError) else str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _storage_hint(text: str) -> str:
+    if "No space left" in text or "File too large" in text or "Disk quota" in text:
+        return " (the disk or a file size limit is full: free space first)"
+    if "Read-only file system" in text or "Permission denied" in text:
+        return " (the workspace is not writable)"
+    return ""
