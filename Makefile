@@ -21,7 +21,7 @@ test: $(STAMP)
 
 # 1,000 SIGKILLs at random points (make test runs 50): nothing handed back is lost, nothing is confirmed twice.
 stress: $(STAMP)
-	PARMANA_KILLS=1000 $(BIN)/python -m pytest tests/test_crashes.py -p no:nbval -q -s
+	PARMANA_KILLS=1000 $(BIN)/python -m pytest tests/test_crashes.py -q -s
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py

@@ -311,7 +311,8 @@ def cmd_audit_reproduce(args: argparse.Namespace) -> int:
             return EXIT_UNUSABLE
         versions[policy_id] = version
     report = reproduce(args.source, policy_versions=versions or None,
-                       policies=(args.policies or default_policy_dir()) if versions else None)
+                       policies=(args.policies or default_policy_dir()) if versions else None,
+                       progress=not args.json and sys.stderr.isatty())
     if args.json:
         for row in report.rows:
             _line({"executionId": row["executionId"], "status": row["status"], "diff": row["diff"], "why": row["why"]})

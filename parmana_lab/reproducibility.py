@@ -20,7 +20,7 @@ import orjson
 import pandas as pd
 from pydantic import BaseModel
 
-from .archive import ATTESTATIONS, SIGNALS, ArchiveError, iter_lines, open_archive, signals_line
+from .archive import ATTESTATIONS, MANIFEST, SIGNALS, ArchiveError, iter_lines, open_archive, signals_line
 from .attestation import parse_attestation_line
 from .audit import connect, is_duckdb_file
 from .canonical import canonicalize, fingerprint_payload, parse_json
@@ -30,12 +30,14 @@ from .errors import CanonicalizationError, ParmanaError
 from .evaluate import Decision
 from .evaluate import evaluate as current_evaluate
 from .policy import Policy, PolicyStore
+from .progress import Progress, progress_bar
 from .provenance import evaluator_artifact_hash, runtime_hash, runtime_manifest
 from .validation import validate_signals
 
 STATUSES = ("MATCH", "DIVERGED", "NOT_REPLAYABLE", "INPUT_MISMATCH")
 DECISION_FIELDS = ("action", "requires_override", "reason", "ruleId", "execution_state")
 Evaluator = Callable[[Policy, dict[str, Any]], Decision]
+PROGRESS_STEP = 2_000
 
 
 class ReproSummary(BaseModel):
@@ -113,22 +115,27 @@ def reproduce(
     policy_versions: dict[str, str] | None = None,
     policies: str | Path | PolicyStore | None = None,
     evaluator: Evaluator = current_evaluate,
+    progress: Progress = False,
 ) -> ReproReport:
     """Re-run every execution of an archive or audit DB file and compare decisions.
 
     ``policy_versions`` maps a policyId to the version to re-run it under
     (loaded from ``policies``, a policy folder); ``evaluator`` is the decision
-    function, the kit's own by default.
+    function, the kit's own by default. ``progress`` is as for verify_archive.
     """
     what_if = dict(policy_versions or {})
     store = policies if isinstance(policies, PolicyStore) else PolicyStore(policies) if policies else None
     if what_if and store is None:
         raise ArchiveError("ARC-005", "a what-if re-run needs the folder of the policy versions to use (policies=...)")
     here = (runtime_hash(runtime_manifest()), evaluator_artifact_hash())
-    rows = []
-    with _records(Path(source)) as (records, archived):
+    rows: list[dict[str, Any]] = []
+    with _records(Path(source)) as (records, archived, total), progress_bar(progress, total, f"reproduce {Path(source).name}",
+                                                                            "exec") as bar:
         for line_no, line, signals_line in records:
             rows.append(_replay_one(line_no, line, signals_line, archived, what_if, store, evaluator, here))
+            if len(rows) % PROGRESS_STEP == 0:
+                bar.update(PROGRESS_STEP)
+        bar.update(len(rows) % PROGRESS_STEP)
     return ReproReport(Path(source).name, rows, what_if)
 
 
@@ -208,13 +215,14 @@ def _signals(line: bytes | None, eid: str) -> tuple[dict[str, Any] | None, str |
 
 
 @contextmanager
-def _records(path: Path) -> Iterator[tuple[Iterator[tuple[int, bytes, bytes | None]], dict]]:
-    """(line number, canonical attestation, signals line) per execution, plus the stored policies."""
+def _records(path: Path) -> Iterator[tuple[Iterator[tuple[int, bytes, bytes | None]], dict, int | None]]:
+    """(line number, canonical attestation, signals line) per execution, the stored policies, and how many."""
     if is_duckdb_file(path):
         con = connect(path, read_only=True)
         try:
             policies = {(p, v): policy_entry(doc, (p, v))
                         for p, v, doc in con.execute("SELECT policyId, policyVersion, document FROM policies").fetchall()}
+            total = con.execute("SELECT count(*) FROM attestations").fetchall()[0][0]  # before the streaming query
             cur = con.execute(
                 "SELECT a.seq, a.canonical, s.signals, a.executionId FROM attestations a LEFT JOIN "
                 "(SELECT executionId, any_value(signals) AS signals FROM signals GROUP BY ALL) s USING (executionId) ORDER BY a.seq"
@@ -225,7 +233,7 @@ def _records(path: Path) -> Iterator[tuple[Iterator[tuple[int, bytes, bytes | No
                     for seq, canonical, sig, eid in batch:
                         yield seq, canonical.encode("utf-8"), signals_line(eid, sig) if sig else None
 
-            yield rows(), policies
+            yield rows(), policies, total
         finally:
             con.close()
         return
@@ -238,5 +246,14 @@ def _records(path: Path) -> Iterator[tuple[Iterator[tuple[int, bytes, bytes | No
             for number, line in enumerate(iter_lines(root / ATTESTATIONS), start=1):
                 yield number, line, aligner.for_line(line) if aligner else None
 
-        yield lines(), load_archive_policies(root)
+        yield lines(), load_archive_policies(root), _manifest_count(root)
+
+
+def _manifest_count(root: Path) -> int | None:
+    """The manifest's count, for the progress bar only (verification is what checks it)."""
+    try:
+        count = orjson.loads((root / MANIFEST).read_bytes()).get("count")
+    except (OSError, orjson.JSONDecodeError, AttributeError):
+        return None
+    return count if type(count) is int else None
 

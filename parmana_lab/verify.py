@@ -20,7 +20,7 @@ import os
 import pickle
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from itertools import chain, repeat
 from multiprocessing.context import BaseContext
@@ -69,8 +69,7 @@ from .errors import CanonicalizationError, KeyStoreError, ParmanaError
 from .keys import TrustStore
 from .merkle import MerkleBuilder
 from .policy import Policy
-
-ProgressCallback = Callable[[int, int | None], None]
+from .progress import Progress, progress_bar
 
 
 class Finding(BaseModel):
@@ -406,7 +405,7 @@ def verify_archive(
     trust_store: TrustStore | str | Path | None,
     *,
     workers: int = 1,
-    progress: bool | ProgressCallback = True,
+    progress: Progress = True,
     known_runtimes: Iterable[str] | None = None,
     trust_archive_keys: bool = False,
     chunk_lines: int = 2_000,
@@ -523,13 +522,10 @@ def _file_sha256(path: Path) -> str:
 # -- running the checks, in-process or in workers ------------------------------------------
 
 def _run_checks(blocks, ctx: Context, merkle: MerkleBuilder, workers: int, chunk_lines: int,
-                progress: bool | ProgressCallback, total: int | None, label: str) -> RowTable:
-    from tqdm.auto import tqdm
-
+                progress: Progress, total: int | None, label: str) -> RowTable:
     # workers start before the progress bar, whose monitor thread would rule out forking
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) if workers > 1 else None
-    bar = _CallbackBar(progress, total) if callable(progress) else \
-        tqdm(total=total, unit="att", desc=f"verify {label}", disable=not progress, leave=False)
+    bar = progress_bar(progress, total, f"verify {label}", "att")
     collector = RowTable()
     try:
         with cyclic_gc_paused():
@@ -564,21 +560,6 @@ def _run_checks(blocks, ctx: Context, merkle: MerkleBuilder, workers: int, chunk
             pool.shutdown(cancel_futures=True)
     collector.finish()
     return collector
-
-
-class _CallbackBar:
-    """The two tqdm methods _run_checks uses, reporting to a caller's function."""
-
-    def __init__(self, report: ProgressCallback, total: int | None) -> None:
-        self.report, self.total, self.done = report, total, 0
-        report(0, total)
-
-    def update(self, n: int) -> None:
-        self.done += n
-        self.report(self.done, self.total)
-
-    def close(self) -> None:
-        pass
 
 
 def _pack_chunk(start: int, lines: list[bytes], sigs: list[bytes | None] | None) -> tuple:

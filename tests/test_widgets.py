@@ -208,6 +208,7 @@ def test_reproducibility_panel_diff_and_what_if(tmp_path, policy_dir, clock):
         archive = rt.export_archive(tmp_path / "archive").path
     same = ReproducibilityPanel(archive, policies=policy_dir)
     assert same.report.summary.statuses["MATCH"] == 4 and same.diverged.options == ()
+    assert same.progress.value == same.progress.max == 4 and same.progress.layout.visibility == "visible"
     panel = ReproducibilityPanel(archive, policies=policy_dir, evaluator=stricter)
     assert repr(panel) == "ReproducibilityPanel(MATCH 2, DIVERGED 2, NOT_REPLAYABLE 0, INPUT_MISMATCH 0)"
     assert len(panel.diverged.options) == 2

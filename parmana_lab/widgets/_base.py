@@ -14,6 +14,7 @@ from typing import Any
 import ipywidgets as w
 
 from .._html import error_html, notice_html
+from ..progress import ProgressCallback
 
 
 class Panel(w.VBox):
@@ -67,3 +68,19 @@ def button(description: str, action: Callable[..., Any], *, primary: bool = Fals
     b = w.Button(description=description, button_style="primary" if primary else "")
     b.on_click(action)
     return b
+
+
+def progress_widget() -> w.IntProgress:
+    """A bar that stays hidden until the first long run."""
+    return w.IntProgress(value=0, min=0, max=1, bar_style="info", layout=w.Layout(visibility="hidden"))
+
+
+def progress_to(bar: w.IntProgress, label: str) -> ProgressCallback:
+    """The ``progress`` function to pass to verify_archive / reproduce so that ``bar`` moves live."""
+    bar.description, bar.layout.visibility, bar.value = label[:20], "visible", 0
+
+    def report(done: int, total: int | None) -> None:
+        bar.max = max(total or done, 1)
+        bar.value = min(done, bar.max)
+
+    return report

@@ -15,7 +15,7 @@ from ..evaluate import evaluate
 from ..policy import PolicyStore, version_order
 from ..reproducibility import Evaluator, ReproReport, reproduce
 from ..workspace import default_policy_dir
-from ._base import Panel, button, guarded
+from ._base import Panel, button, guarded, progress_to, progress_widget
 
 ROW_COLUMNS = ["line", "executionId", "policyId", "policyVersion", "replayedWith", "status", "attested", "now", "why"]
 
@@ -39,6 +39,7 @@ class ReproducibilityPanel(Panel):
         self.source = w.Text(value=str(source or ""), description="source", placeholder="archive or audit DB path",
                              layout=w.Layout(width="90%"))
         self.run_button = button("Re-run", self.run, primary=True)
+        self.progress = progress_widget()
         self.counts = w.HTML()
         self.chart = w.HTML()
         self.rows = w.HTML()
@@ -51,7 +52,7 @@ class ReproducibilityPanel(Panel):
         self.diverged.observe(self._show_diff, "value")
         self.what_if_policy.observe(self._policy_changed, "value")
         super().__init__([
-            self.source, self.run_button, self.counts, self.chart, self.rows, self.diverged, self.diff,
+            self.source, w.HBox([self.run_button, self.progress]), self.counts, self.chart, self.rows, self.diverged, self.diff,
             w.HTML("<b>What would another version decide?</b>"),
             w.HBox([self.what_if_policy, self.what_if_version, self.what_if_button]), self.changes,
         ])
@@ -68,7 +69,8 @@ class ReproducibilityPanel(Panel):
         if not self.source.value.strip():
             raise ValueError("give an archive or audit DB path to re-run")
         self.notify("re-running…")
-        report = reproduce(self.source.value.strip(), evaluator=self.evaluator)
+        source = Path(self.source.value.strip())
+        report = reproduce(source, evaluator=self.evaluator, progress=progress_to(self.progress, source.name))
         self.report = report
         s = report.summary
         self.counts.value = table([*s.statuses.items(), ("recorded by another runtime build", s.other_runtime),
@@ -106,8 +108,9 @@ class ReproducibilityPanel(Panel):
         if not (pid and version):
             raise ValueError(f"no versions of {pid or 'a policy'} in {self.store.root}; run the audit first and pick one")
         self.notify(f"re-running {pid} under {version}…")
-        self.what_if_report = reproduce(self.source.value.strip(), policy_versions={pid: version}, policies=self.store,
-                                       evaluator=self.evaluator)
+        source = Path(self.source.value.strip())
+        self.what_if_report = reproduce(source, policy_versions={pid: version}, policies=self.store, evaluator=self.evaluator,
+                                       progress=progress_to(self.progress, f"{source.name} @ {version}"))
         changes = self.what_if_report.changes()
         self.changes.value = (f"<p>{len(changes)} of {self.what_if_report.summary.total} decisions would change under "
                               f"{pid} {version}.</p>" + (frame_html(changes[ROW_COLUMNS]) if len(changes) else ""))

@@ -15,7 +15,7 @@ from .._html import frame_html, verification_html
 from ..charts import bar_chart
 from ..keys import TrustStore
 from ..verify import ArchiveReport, verify_archive
-from ._base import Panel, button, guarded, path_lines
+from ._base import Panel, button, guarded, path_lines, progress_to, progress_widget
 
 ALL = "all codes"
 
@@ -50,8 +50,7 @@ class VerificationDashboard(Panel):
         self.trust_archive_keys = w.Checkbox(description="also trust each archive's own keys.json (integrity only)",
                                              value=False, indent=False)
         self.run_button = button("Verify", self.run, primary=True)
-        self.progress = w.IntProgress(value=0, min=0, max=1, description="", bar_style="info",
-                                      layout=w.Layout(visibility="hidden"))
+        self.progress = progress_widget()
         self.summary = w.HTML()
         self.code_filter = w.Dropdown(description="code", options=[ALL])
         self.search = w.Text(description="executionId", placeholder="part of an executionId")
@@ -100,11 +99,9 @@ class VerificationDashboard(Panel):
         if not paths:
             raise ValueError("choose at least one archive: a path per line, or upload one")
         store = self.trust_store()
-        self.reports, self.progress.layout.visibility = [], "visible"
-        reports = []
+        self.reports, reports = [], []
         for path in paths:
-            self.progress.description = path.name[:20]
-            reports.append(verify_archive(path, store, workers=self.workers, progress=self._advance,
+            reports.append(verify_archive(path, store, workers=self.workers, progress=progress_to(self.progress, path.name),
                                           known_runtimes=self.known_runtimes, trust_archive_keys=self.trust_archive_keys.value))
         self.reports = reports
         self.frame = pd.concat([r.to_pandas().assign(archive=r.source) for r in reports], ignore_index=True)
@@ -116,10 +113,6 @@ class VerificationDashboard(Panel):
         self._refresh_table()
         failed = sum(r.status == "failed" for r in reports)
         self.notify(f"verified {len(reports)} archive(s): {failed} with failures")
-
-    def _advance(self, done: int, total: int | None) -> None:
-        self.progress.max = max(total or done, 1)
-        self.progress.value = min(done, self.progress.max)
 
     def filtered(self) -> pd.DataFrame:
         df = self.frame
