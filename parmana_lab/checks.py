@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import binascii
 import pickle
+from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from hashlib import sha256
@@ -24,7 +25,7 @@ from .canonical import canonicalize, fingerprint_payload, parse_json
 from .errors import CanonicalizationError, ParmanaError
 from .evaluate import decide_index
 from .keys import TrustedKey, TrustStore
-from .merkle import leaf_hash
+from .merkle import MerkleBuilder
 from .policy import Policy, parse_policy
 from .provenance import runtime_hash, runtime_manifest
 from .validation import validate_signals
@@ -375,8 +376,42 @@ def _guess_id(line: bytes) -> str | None:
 _WORKER_CTX: tuple[bytes, Context] | None = None
 
 
-def check_chunk(ctx_blob: bytes, chunk: tuple[int, bytes, bytes | list[bytes | None] | None]) -> tuple[list[Row], bytes]:
-    """A worker's share: the rows of a run of lines, and their Merkle leaf hashes (joined)."""
+NO_FINGERPRINT = bytes(32)
+# (executionIds joined, their end offsets as array('Q') bytes, the distinct (policyId, policyVersion, action),
+#  each row's index into those as array('I') bytes, statuses joined, fingerprints joined, {row: findings})
+PackedRows = tuple[bytes, bytes, list[tuple[str | None, str | None, str | None]], bytes, bytes, bytes, dict[int, tuple]]
+
+
+def pack_rows(rows: list[Row]) -> PackedRows:
+    """Rows as a few flat buffers: what the verifier keeps, and what a worker sends back.
+
+    Millions of small tuples would dominate both memory and the parent's
+    unpickling time; these buffers cost the parent a few array extends per chunk.
+    """
+    ids, ends, kind_of, statuses, fps = bytearray(), array("Q"), array("I"), bytearray(), bytearray()
+    kinds: dict[tuple[str | None, str | None, str | None], int] = {}
+    findings: dict[int, tuple] = {}
+    end = 0
+    for offset, (_, eid, pid, pver, action, fp, status, found) in enumerate(rows):
+        encoded = (eid or "").encode("utf-8", "surrogatepass")
+        ids += encoded
+        end += len(encoded)
+        ends.append(end)
+        key = (pid, pver, action)
+        kind = kinds.get(key)
+        if kind is None:
+            kind = kinds[key] = len(kinds)
+        kind_of.append(kind)
+        statuses += status
+        fps += bytes.fromhex(fp) if fp else NO_FINGERPRINT
+        if found:
+            findings[offset] = found
+    return bytes(ids), ends.tobytes(), list(kinds), kind_of.tobytes(), bytes(statuses), bytes(fps), findings
+
+
+def check_chunk(ctx_blob: bytes, chunk: tuple[int, bytes, bytes | list[bytes | None] | None]
+                ) -> tuple[PackedRows, list[tuple[int, bytes]], int]:
+    """A worker's share: the packed rows of a run of lines, its Merkle subtrees, and how many lines."""
     global _WORKER_CTX
     if _WORKER_CTX is None or _WORKER_CTX[0] != ctx_blob:
         _WORKER_CTX = (ctx_blob, pickle.loads(ctx_blob))
@@ -385,5 +420,7 @@ def check_chunk(ctx_blob: bytes, chunk: tuple[int, bytes, bytes | list[bytes | N
     lines = joined.split(b"\n")
     signals = sigs.split(b"\n") if isinstance(sigs, bytes) else sigs or repeat(None)
     with cyclic_gc_paused():
-        rows = [check_line(start + i, line, sig, ctx) for i, (line, sig) in enumerate(zip(lines, signals))]
-    return rows, b"".join(leaf_hash(line) for line in lines)
+        rows = pack_rows([check_line(start + i, line, sig, ctx) for i, (line, sig) in enumerate(zip(lines, signals))])
+    tree = MerkleBuilder()
+    tree.add_many(lines)
+    return rows, tree.subtrees(), len(lines)

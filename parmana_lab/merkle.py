@@ -34,10 +34,26 @@ class MerkleBuilder:
     def add(self, line: bytes) -> None:
         self.add_leaf_hash(leaf_hash(line))
 
-    def add_leaf_hashes(self, leaves: bytes) -> None:
-        """Leaf hashes computed elsewhere (workers), 32 bytes each, in order."""
-        for at in range(0, len(leaves), 32):
-            self.add_leaf_hash(leaves[at:at + 32])
+    def subtrees(self) -> list[tuple[int, bytes]]:
+        """The complete subtrees built so far, (leaf count, hash), largest first."""
+        return list(self._stack)
+
+    def add_subtrees(self, subtrees: list[tuple[int, bytes]]) -> None:
+        """Append another builder's ``subtrees()`` (a worker's run of lines).
+
+        Each must start at a multiple of its own size, as in the tree a single
+        pass would build: the caller hands out runs whose start is a multiple
+        of a power of two at least as large as the run.
+        """
+        stack = self._stack
+        for size, node in subtrees:
+            if self.count % size:
+                raise ValueError(f"a subtree of {size} leaves cannot start at leaf {self.count}")
+            self.count += size
+            while stack and stack[-1][0] == size:
+                left_size, left = stack.pop()
+                node, size = node_hash(left, node), left_size + size
+            stack.append((size, node))
 
     def add_many(self, lines: list[bytes]) -> None:
         """``add`` for a block of lines, with the per-leaf work kept in one loop."""

@@ -18,10 +18,13 @@ import hashlib
 import multiprocessing as mp
 import os
 import pickle
+import sys
+import types
 from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from itertools import chain, repeat
 from multiprocessing.context import BaseContext
 from pathlib import Path
@@ -58,12 +61,14 @@ from .checks import (
     STATUS_NAMES,
     CheckStatus,
     Context,
+    PackedRows,
     PolicyEntry,
     Row,
     SignalsAligner,
     check_chunk,
     check_line,
     load_archive_policies,
+    pack_rows,
 )
 from .errors import CanonicalizationError, KeyStoreError, ParmanaError
 from .keys import TrustStore
@@ -241,24 +246,30 @@ class RowTable:
         return len(self._id_ends)
 
     def add(self, chunk: list[Row]) -> None:
-        base = len(self)
-        ends, kinds, index = self._id_ends, self._kind_of, self._kind_index
-        end = len(self._ids)
-        for offset, (_, eid, pid, pver, action, fp, statuses, findings) in enumerate(chunk):
-            encoded = (eid or "").encode("utf-8", "surrogatepass")
-            self._ids += encoded
-            end += len(encoded)
-            ends.append(end)
-            key = (pid, pver, action)
-            kind = index.get(key)
-            if kind is None:
-                kind = index[key] = len(self._kinds)
-                self._kinds.append(key)
-            kinds.append(kind)
-            self._statuses += statuses
-            self._fps += bytes.fromhex(fp) if fp else _NO_FP
-            if findings:
-                self.findings[base + offset] = findings
+        self.add_packed(pack_rows(chunk))
+
+    def add_packed(self, packed: PackedRows) -> None:
+        """Append rows packed by pack_rows (here or in a worker): a few buffer extends, no per-row objects."""
+        ids, id_ends, kinds, kind_of, statuses, fps, findings = packed
+        base, offset = len(self), len(self._ids)
+        ends, local = array("Q"), array("I")
+        ends.frombytes(id_ends)
+        local.frombytes(kind_of)
+        self._ids += ids
+        self._id_ends.extend([end + offset for end in ends] if offset else ends)
+        remap = [self._kind(key) for key in kinds]
+        self._kind_of.extend(local if remap == list(range(len(remap))) else [remap[k] for k in local])
+        self._statuses += statuses
+        self._fps += fps
+        for row, found in findings.items():
+            self.findings[base + row] = found
+
+    def _kind(self, key: tuple[str | None, str | None, str | None]) -> int:
+        kind = self._kind_index.get(key)
+        if kind is None:
+            kind = self._kind_index[key] = len(self._kinds)
+            self._kinds.append(key)
+        return kind
 
     def finish(self) -> None:
         """Mark every later use of an execution_fingerprint as DUPLICATE_FINGERPRINT (sorting, not hashing)."""
@@ -318,7 +329,6 @@ class RowTable:
         return data
 
 
-_NO_FP = bytes(32)
 
 
 class ArchiveReport(BaseModel):
@@ -408,7 +418,7 @@ def verify_archive(
     progress: Progress = True,
     known_runtimes: Iterable[str] | None = None,
     trust_archive_keys: bool = False,
-    chunk_lines: int = 2_000,
+    chunk_lines: int = 2_048,
 ) -> ArchiveReport:
     """Verify an archive (directory, .zip or .tar.gz) offline against a trust store.
 
@@ -541,17 +551,16 @@ def _run_checks(blocks, ctx: Context, merkle: MerkleBuilder, workers: int, chunk
                 window, futures = workers * 4, []
 
                 def collect(future) -> None:
-                    rows, leaves = future.result()
-                    merkle.add_leaf_hashes(leaves)  # in line order: chunks are collected in submission order
-                    collector.add(rows)
-                    bar.update(len(rows))
+                    rows, subtrees, n = future.result()
+                    merkle.add_subtrees(subtrees)  # in line order: chunks are collected in submission order
+                    collector.add_packed(rows)
+                    bar.update(n)
 
-                for start, lines, sigs in blocks:
-                    for at in range(0, len(lines), chunk_lines):
-                        futures.append(pool.submit(check_chunk, blob, _pack_chunk(start + at, lines[at:at + chunk_lines],
-                                                                                  sigs[at:at + chunk_lines] if sigs else None)))
-                        if len(futures) >= window:
-                            collect(futures.pop(0))
+                for chunk in _aligned_chunks(blocks, chunk_lines):
+                    with _main_module_hidden():  # submit is where the pool starts its workers
+                        futures.append(pool.submit(check_chunk, blob, chunk))
+                    if len(futures) >= window:
+                        collect(futures.pop(0))
                 for future in futures:
                     collect(future)
     finally:
@@ -560,6 +569,45 @@ def _run_checks(blocks, ctx: Context, merkle: MerkleBuilder, workers: int, chunk
             pool.shutdown(cancel_futures=True)
     collector.finish()
     return collector
+
+
+def _aligned_chunks(blocks, chunk_lines: int) -> Iterator[tuple]:
+    """Packed runs of 2**k lines (the last may be shorter), each starting at a multiple of 2**k.
+
+    Aligned runs are whole subtrees of the archive's Merkle tree, so workers
+    hash them and the parent only joins a few subtree roots per run.
+    """
+    size = 1 << max(chunk_lines, 1).bit_length() - 1
+    pending: list[bytes] = []
+    pending_sigs: list[bytes | None] | None = None
+    first = 1
+    for start, lines, sigs in blocks:
+        if not pending:
+            first = start
+        pending += lines
+        if sigs is not None:
+            pending_sigs = (pending_sigs or []) + sigs
+        while len(pending) >= size:
+            yield _pack_chunk(first, pending[:size], pending_sigs[:size] if pending_sigs is not None else None)
+            pending, first = pending[size:], first + size
+            if pending_sigs is not None:
+                pending_sigs = pending_sigs[size:]
+    if pending:
+        yield _pack_chunk(first, pending, pending_sigs)
+
+
+@contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """Workers started by a fork server (or spawn) first re-run the parent's main script, and a script
+    without an ``if __name__ == "__main__":`` guard would then do all it does again in every worker
+    (execute requests, write files). Workers need nothing from __main__, so it is hidden while they start."""
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
 
 
 def _pack_chunk(start: int, lines: list[bytes], sigs: list[bytes | None] | None) -> tuple:

@@ -41,3 +41,21 @@ def test_order_insertion_and_deletion_change_the_root():
     assert merkle_root(lines[:5] + lines[6:]) != root
     assert merkle_root([lines[1], lines[0], *lines[2:]]) != root
     assert merkle_root([*lines, lines[3]]) != root
+
+
+def test_joining_aligned_subtrees_gives_the_single_pass_root():
+    from parmana_lab.merkle import MerkleBuilder
+
+    lines = [f"line {i}".encode() for i in range(300)]
+    for size in (1, 2, 8, 64):
+        for n in (0, 1, size, size + 1, 3 * size - 1, 300):
+            joined = MerkleBuilder()
+            for at in range(0, n, size):  # runs start at multiples of their (power of two) size
+                part = MerkleBuilder()
+                part.add_many(lines[at:min(at + size, n)])
+                joined.add_subtrees(part.subtrees())
+            assert joined.root() == merkle_root(lines[:n]) and joined.count == n
+    misaligned = MerkleBuilder()
+    misaligned.add(b"x")
+    with pytest.raises(ValueError, match="cannot start at leaf 1"):
+        misaligned.add_subtrees([(2, node_hash(leaf_hash(b"a"), leaf_hash(b"b")))])

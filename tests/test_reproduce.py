@@ -24,7 +24,7 @@ def test_everything_reproduces_from_archive_and_from_audit_db(tmp_path, policy_d
     archive, db = _archive(tmp_path, policy_dir, clock, sample_requests())
     for source in (archive, db):
         seen: list[tuple[int, int | None]] = []
-        report = reproduce(source, progress=lambda done, total: seen.append((done, total)))
+        report = reproduce(source, progress=lambda done, total, log=seen: log.append((done, total)))
         assert seen[0] == (0, 15) and seen[-1] == (15, 15)  # the total is known up front, for archives and DBs
         s = report.summary
         assert s.total == 15 and s.statuses == {"MATCH": 15, "DIVERGED": 0, "NOT_REPLAYABLE": 0, "INPUT_MISMATCH": 0}

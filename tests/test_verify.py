@@ -357,5 +357,8 @@ def test_workers_give_the_same_report_as_one_process(exported, tmp_path):
     assert [c.model_dump() for c in two.archive_checks] == [c.model_dump() for c in one.archive_checks]
     assert {"SIGNATURE_INVALID", "DUPLICATE_FINGERPRINT"} <= set(one.to_pandas()["code"])
     assert {c.code for c in one.archive_checks} >= {"MERKLE_ROOT_MISMATCH", "COUNT_MISMATCH"}
-    clean_one, clean_two = verify(path, store, workers=1), verify(path, store, workers=2, chunk_lines=3)
+    seen: list[tuple[int, int | None]] = []
+    clean_one = verify(path, store, workers=1)
+    clean_two = verify_archive(path, store, workers=2, chunk_lines=3, progress=lambda done, total: seen.append((done, total)))
     assert clean_two.status == clean_one.status == "verified" and clean_two.archive_checks == []
+    assert seen[0] == (0, 15) and seen[-1] == (15, 15) and [d for d, _ in seen] == sorted(d for d, _ in seen)
