@@ -2,6 +2,9 @@
 
 import json
 import shutil
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -362,3 +365,23 @@ def test_workers_give_the_same_report_as_one_process(exported, tmp_path):
     clean_two = verify_archive(path, store, workers=2, chunk_lines=3, progress=lambda done, total: seen.append((done, total)))
     assert clean_two.status == clean_one.status == "verified" and clean_two.archive_checks == []
     assert seen[0] == (0, 15) and seen[-1] == (15, 15) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_workers_from_a_plain_script_never_rerun_it(tmp_path, policy_dir):
+    """Worker start-up must not re-execute an unguarded script (it would run its executions again in each worker)."""
+    script = tmp_path / "audit_script.py"
+    script.write_text(textwrap.dedent(f"""
+        from pathlib import Path
+        from parmana_lab import Runtime, verify_archive
+        tmp = Path({str(tmp_path)!r})
+        with open(tmp / "runs.log", "a") as log:
+            log.write("ran\\n")
+        rt = Runtime(tmp / "ws", policies={str(policy_dir)!r})  # DuckDB's threads: workers come from a fork server
+        rt.execute_many([{{"policyId": "claims-approval", "policyVersion": "1.0.0", "signals": {{"insurance_active": True,
+                           "risk_score": r, "vip_customer": False, "claim_amount": 100}}}} for r in range(40)])
+        archive = rt.export_archive(tmp / "archive").path
+        print(verify_archive(archive, rt.trust_store(), workers=2, chunk_lines=8, progress=False).status)
+    """))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "verified", out.stderr[-2000:]
+    assert (tmp_path / "runs.log").read_text() == "ran\n"
