@@ -88,6 +88,9 @@ class PolicyEntry:
             ]
 
 
+_OPEN_END = "\uffff"  # sorts after any issuedAt text
+
+
 @dataclass
 class Context:
     """Everything per-line checks need; small and picklable, so workers get a copy."""
@@ -98,6 +101,7 @@ class Context:
     signals_available: bool = True
     _raw_keys: dict[str, bytes] = field(default_factory=dict)
     _fp_prefixes: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    _windows: dict[str, tuple[str, str, str]] = field(default_factory=dict)
     _verifier: _Verifier | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -120,6 +124,14 @@ class Context:
         if self._verifier is None:
             self._verifier = _Verifier()
         return self._verifier
+
+    def window(self, key_id: str) -> tuple[str, str, str]:
+        """(notBefore, notAfter, revokedAt) as text, open ends as a string after every timestamp."""
+        bounds = self._windows.get(key_id)
+        if bounds is None:
+            k = self.keys[key_id]
+            bounds = self._windows[key_id] = (k.notBefore, k.notAfter or _OPEN_END, k.revokedAt or _OPEN_END)
+        return bounds
 
     def raw_key(self, key_id: str) -> bytes:
         raw = self._raw_keys.get(key_id)
@@ -216,8 +228,9 @@ def check_line(number: int, line: bytes, signals_line: bytes | None, ctx: Contex
             sig = FAILED
             findings = [("SIGNATURE_INVALID", "signature", f"an Ed25519 signature by {key_id} over the record",
                          "the signature does not verify")]
-        window = trusted.status_at(issued)
-        if window != "valid":
+        not_before, not_after, revoked = ctx.window(key_id)
+        if not (not_before <= issued < not_after and issued < revoked):
+            window = trusted.status_at(issued)  # which bound, for the finding
             key = FAILED
             bounds = f"notBefore {trusted.notBefore}, notAfter {trusted.notAfter or '-'}, revokedAt {trusted.revokedAt or '-'}"
             findings = (findings or []) + [(_KEY_CODES[window], "key", f"issued while {key_id} was valid ({bounds})", f"issuedAt {issued}")]

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from parmana_lab import CanonicalizationError, ParmanaError, PolicyStore, canonicalize, evaluate, parse_policy, parse_request
 from parmana_lab.attestation import parse_attestation_line
-from parmana_lab.validation import validate_signals
+from parmana_lab.validation import _conformance, check_each_signal, validate_signals
 
 from .conftest import SAMPLE_POLICIES
 
@@ -74,3 +74,28 @@ def test_random_requests_and_policies_only_ever_give_structured_refusals(value):
 def test_random_archive_lines_are_malformed_never_a_crash(line):
     obj, problem = parse_attestation_line(line)
     assert obj is None and problem
+
+
+NEAR_VALUES = (st.none() | st.booleans() | st.floats(allow_nan=False) | st.text(max_size=4) | st.sampled_from(["", "x", "1"])
+               | st.sampled_from([2**53 - 1, 2**53, -(2**53) + 1, -(2**53), 0, 1]) | st.integers())
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from(POLICIES), st.data())
+def test_fast_signal_check_agrees_with_the_reference_check(policy, data):
+    """Signals that are almost right (each value valid, or of a wrong kind; keys missing or added)."""
+    signals = {}
+    for name, spec in policy.signalsSchema.items():
+        valid = st.sampled_from(spec.values) if spec.type == "enum" else {"integer": SAFE_INT, "boolean": st.booleans(),
+                                                                           "string": st.text(max_size=6)}[spec.type]
+        if data.draw(st.integers(0, 9)) == 0:
+            continue  # a missing signal
+        signals[name] = data.draw(valid if data.draw(st.integers(0, 3)) else NEAR_VALUES)
+    if data.draw(st.integers(0, 9)) == 0:
+        signals[data.draw(st.text(max_size=6))] = 1  # perhaps an undeclared one
+    try:
+        check_each_signal(signals, policy)
+        reference = True
+    except ParmanaError:
+        reference = False
+    assert _conformance(policy)(signals) is reference
