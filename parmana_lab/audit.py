@@ -236,10 +236,10 @@ def connect(path: Path, *, read_only: bool = False, wait: float = 0.0) -> duckdb
         try:
             return _connect(path, read_only)
         except AuditStoreError as exc:
-            if exc.code != "AUD-001" or time.monotonic() + pause > deadline:
-                if exc.code == "AUD-001" and wait > 0:
-                    exc.reason += f" (waited {wait:g} s)"
+            if exc.code != "AUD-001" or wait <= 0:
                 raise
+            if time.monotonic() + pause > deadline:
+                raise AuditStoreError(exc.code, exc.stage, f"{exc.reason} (waited {wait:g} s)") from None
         time.sleep(pause)
         pause = min(pause * 2, 0.25)
 

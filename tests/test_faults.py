@@ -92,6 +92,8 @@ def test_every_command_explains_a_kernel_holding_the_db(tmp_path, policy_dir, ho
         assert "[AUD-001@audit]" in out.stderr and "in use by another process" in out.stderr, (args, out.stderr)
         assert "Traceback" not in out.stderr, (args, out.stderr)
     assert f"process {kernel.pid}" in cli("--workspace", ws, "run", requests).stderr  # names the holder
+    waited = cli("--workspace", ws, "--wait", 0.5, "run", requests)
+    assert waited.returncode == 2 and "[AUD-001@audit]" in waited.stderr and "(waited 0.5 s)" in waited.stderr
     assert not (tmp_path / "out").exists()
 
 
