@@ -153,8 +153,8 @@ def check_each_signal(signals: dict[str, Any], policy: Policy) -> None:
 def _conformance(policy: Policy) -> Callable[[dict[str, Any]], bool]:
     """One generated expression that is True exactly when validate_signals accepts the signals.
 
-    Bulk verification and execute_many validate every record; the loop below
-    only runs to say what is wrong. Signal names and enum values reach the code
+    Bulk verification and execute_many validate every record;
+    check_each_signal only runs to say what is wrong. Signal names and enum values reach the code
     through constant tuples, never as source text. Cached on the policy, like
     its compiled rules; a property test holds both paths to the same verdicts.
     """
