@@ -81,6 +81,15 @@ def test_form_shows_a_validation_refusal_with_its_code(runtime):
         form.set_signals(nope=1)
 
 
+def test_form_says_why_a_policy_is_missing_from_the_list(tmp_path, policy_dir):
+    (policy_dir / "broken" / "1.0.0").mkdir(parents=True)
+    (policy_dir / "broken" / "1.0.0" / "policy.json").write_text('{"policyId": "broken"')
+    with Runtime(tmp_path / "ws", policies=policy_dir) as rt:
+        form = ExecutionForm(rt)
+    assert "broken" not in form.policy.options and "loan-approval" in form.policy.options
+    assert form.error.code.startswith("POL-") and "broken" in form.status.value
+
+
 def test_form_with_no_policies_says_so(tmp_path):
     with Runtime(tmp_path / "ws", policies=tmp_path / "empty") as rt:
         form = ExecutionForm(rt)

@@ -36,7 +36,9 @@ class ExecutionForm(Panel):
         self.runtime = runtime
         self.history: list[dict[str, Any]] = []
         self.last: Any = None  # the last attestation or refusal
-        loaded = [p for p in runtime.policies.scan() if isinstance(p, Policy)]
+        scanned = runtime.policies.scan()
+        loaded = [p for p in scanned if isinstance(p, Policy)]
+        broken = [p for p in scanned if not isinstance(p, Policy)]
         self._policies = {p.key: p for p in loaded}
         ids = sorted({p.policyId for p in loaded})
         self.policy = w.Dropdown(description="policy", options=ids)
@@ -50,7 +52,11 @@ class ExecutionForm(Panel):
         super().__init__([w.HBox([self.policy, self.version]), self.inputs, self.execute_button, self.result,
                           w.HTML("<b>This session</b>"), self.history_table])
         self._policy_changed()
-        if not ids:
+        if broken:  # say why a policy is missing from the list rather than leave it out silently
+            self.fail(broken[0])
+            if len(broken) > 1:
+                self.status.value += f"<div>… and {len(broken) - 1} more policy file(s) that could not be loaded</div>"
+        elif not ids:
             self.notify(f"no loadable policies in {runtime.policies.root}")
 
     def describe(self) -> str:
