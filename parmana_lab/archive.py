@@ -25,16 +25,17 @@ import tarfile
 import tempfile
 import zipfile
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
+import duckdb
 from pydantic import BaseModel, ConfigDict
 
 from .attestation import pae, parse_attestation_line
 from .audit import ATTESTATION_COLUMNS, AuditDB, Registered, column, naive_utc
 from .canonical import canonicalize, parse_json, quote
-from .errors import CanonicalizationError, ParmanaError
+from .errors import AuditStoreError, CanonicalizationError, ParmanaError
 from .keys import SigningKey, TrustStore
 from .merkle import MerkleBuilder
 from .provenance import RuntimeManifest, runtime_hash, runtime_manifest
@@ -391,15 +392,50 @@ class ImportResult(BaseModel):
     policies_added: int
 
 
-def import_archive(path: str | Path, db: AuditDB, *, clock: Clock = system_clock) -> ImportResult:
-    """Load an archive into an audit DB in one transaction; same record twice is one row,
-    a different record under an existing executionId is reported and never overwritten."""
+def import_archive(path: str | Path, db: AuditDB, *, clock: Clock = system_clock, chunk_lines: int = 20_000) -> ImportResult:
+    """Load an archive into an audit DB; the same record twice is one row, a different record under
+    an existing executionId is reported and never overwritten.
+
+    Streams ``chunk_lines`` lines at a time, each chunk committed with its
+    signals: memory stays bounded on million-line archives, and an interrupted
+    import is completed by importing again (records already present are skipped).
+    """
     with open_archive(path) as root:
         if not (root / ATTESTATIONS).is_file():
             raise ArchiveError("ARC-005", f"{path} has no {ATTESTATIONS}")
-        rows: list[tuple] = []
-        malformed: list[dict[str, Any]] = []
-        for number, line in enumerate(iter_lines(root / ATTESTATIONS), start=1):
+        try:
+            return _import(db, root, str(path), naive_utc(clock()), max(chunk_lines, 1))
+        finally:
+            with suppress(duckdb.Error, AuditStoreError), db.transaction() as con:  # scratch tables only
+                _drop(con, *_IMPORT_TABLES)
+
+
+_IMPORT_TABLES = ("import_seen", "import_signals", "import_chunk")
+
+
+def _import(db: AuditDB, root: Path, archive: str, imported_at, chunk_lines: int) -> ImportResult:
+    conflicts: list[dict[str, Any]] = []
+    with db.transaction() as con:  # policies first: no record is ever in the DB without the policy it names
+        added_policies = 0
+        for pid, pver, bundle_hash, document in _read_policies(root):
+            known = con.execute("SELECT bundleHash FROM policies WHERE policyId = ? AND policyVersion = ?", [pid, pver]).fetchall()
+            if not known:
+                con.execute("INSERT INTO policies VALUES (?, ?, ?, ?, ?)", [pid, pver, bundle_hash, document, imported_at])
+                added_policies += 1
+            elif known[0][0] != bundle_hash:
+                conflicts.append({"policy": f"{pid}@{pver}", "with": "a different document already in the audit DB"})
+        con.execute("CREATE OR REPLACE TEMP TABLE import_seen (executionId VARCHAR, line BIGINT, digest VARCHAR)")
+        con.execute("CREATE OR REPLACE TEMP TABLE import_signals (n BIGINT, executionId VARCHAR, signals VARCHAR)")
+        for first, lines in _chunks(iter_lines(root / SIGNALS), chunk_lines) if (root / SIGNALS).is_file() else ():
+            _stage_signals(con, first, lines)
+        # the first usable signals line of an execution wins, as its first attestation line does
+        con.execute("CREATE OR REPLACE TEMP TABLE import_signals AS SELECT executionId, signals FROM import_signals "
+                    "QUALIFY row_number() OVER (PARTITION BY executionId ORDER BY n) = 1")
+    malformed: list[dict[str, Any]] = []
+    inserted = present = 0
+    for first, lines in _chunks(iter_lines(root / ATTESTATIONS), chunk_lines):
+        rows = []
+        for number, line in enumerate(lines, start=first):
             att, problem = parse_attestation_line(line)
             if problem is not None:
                 malformed.append({"line": number, "reason": problem})
@@ -411,23 +447,91 @@ def import_archive(path: str | Path, db: AuditDB, *, clock: Clock = system_clock
                 att["signalsHash"], att["bundleHash"], d["action"], d["requires_override"], d["reason"], d["ruleId"],
                 att["execution_state"], att["issuedAt"], att["signerKeyId"], att["signature"], line.decode("utf-8"),
             ))
-        signals = _read_signals(root)
-        policies = _read_policies(root)
-        with db.transaction() as con:
-            return _import_rows(con, str(path), rows, signals, policies, malformed, naive_utc(clock()))
+        if rows:
+            with db.transaction() as con:
+                added, same, clashes = _import_chunk(con, rows)
+            inserted, present = inserted + added, present + same
+            conflicts += clashes
+    return ImportResult(archive=archive, inserted=inserted, already_present=present, conflicts=conflicts, malformed=malformed,
+                        policies_added=added_policies)
 
 
-def _read_signals(root: Path) -> dict[str, str]:
-    out: dict[str, str] = {}
-    if (root / SIGNALS).is_file():
-        for line in iter_lines(root / SIGNALS):
-            try:
-                item = parse_json(line)
-                if item["signals"] is not None:
-                    out.setdefault(item["executionId"], canonicalize(item["signals"]).decode("utf-8"))
-            except (CanonicalizationError, KeyError, TypeError):
-                continue  # unusable signals only make re-execution impossible later
-    return out
+def _drop(con, *tables: str) -> None:
+    """Drop scratch tables; after a failed statement the rollback that follows discards them anyway."""
+    try:
+        for table in tables:
+            con.execute(f"DROP TABLE IF EXISTS {table}")
+    except duckdb.Error:
+        pass
+
+
+def _chunks(lines: Iterator[bytes], size: int) -> Iterator[tuple[int, list[bytes]]]:
+    """(number of the first line, up to ``size`` lines) at a time."""
+    chunk: list[bytes] = []
+    first = 1
+    for line in lines:
+        chunk.append(line)
+        if len(chunk) == size:
+            yield first, chunk
+            first, chunk = first + size, []
+    if chunk:
+        yield first, chunk
+
+
+def _import_chunk(con, rows: list[tuple]) -> tuple[int, int, list[dict[str, Any]]]:
+    """Insert one chunk's new records and their signals; returns (inserted, already present, conflicts)."""
+    incoming = dict(zip(("line", *ATTESTATION_COLUMNS[1:]), (column(c) for c in zip(*rows))))
+    with Registered(con, incoming=incoming):
+        con.execute("CREATE OR REPLACE TEMP TABLE import_chunk AS SELECT *, sha256(canonical) AS digest FROM incoming")
+    try:
+        # a line that repeats an executionId met earlier in the archive: the same record is skipped, another one reported
+        repeats = con.execute(
+            """
+            WITH firsts AS (
+                SELECT * FROM (SELECT executionId, line, digest FROM import_seen
+                               UNION ALL SELECT executionId, line, digest FROM import_chunk)
+                QUALIFY row_number() OVER (PARTITION BY executionId ORDER BY line) = 1
+            )
+            SELECT c.line, c.executionId, c.digest <> f.digest FROM import_chunk c JOIN firsts f USING (executionId)
+            WHERE c.line <> f.line ORDER BY c.line
+            """
+        ).fetchall()
+        conflicts = [{"executionId": eid, "line": line, "with": "an earlier line of the archive"}
+                     for line, eid, differs in repeats if differs]
+        con.execute(
+            "DELETE FROM import_chunk WHERE line IN (SELECT unnest(?::BIGINT[]))", [[line for line, _, _ in repeats]]
+        )
+        con.execute("INSERT INTO import_seen SELECT executionId, line, digest FROM import_chunk")
+        clash = con.execute(
+            "SELECT i.line, i.executionId, a.canonical = i.canonical FROM import_chunk i JOIN attestations a USING (executionId) "
+            "ORDER BY i.line"
+        ).fetchall()
+        conflicts += [{"executionId": eid, "line": line, "with": "the record already in the audit DB"}
+                      for line, eid, same in clash if not same]
+        present = sum(1 for _, _, same in clash if same)
+        columns = ", ".join(ATTESTATION_COLUMNS[1:])
+        con.execute("DELETE FROM import_chunk WHERE executionId IN (SELECT executionId FROM attestations)")
+        seq = con.execute("SELECT coalesce(max(seq), 0) FROM attestations").fetchall()[0][0]
+        added = con.execute(f"INSERT INTO attestations SELECT ? + row_number() OVER (ORDER BY line), {columns} FROM import_chunk",
+                            [seq]).fetchall()[0][0]
+        con.execute("INSERT INTO signals SELECT executionId, signals FROM import_signals SEMI JOIN import_chunk USING (executionId)")
+    finally:
+        _drop(con, "import_chunk")
+    return added, present, conflicts
+
+
+def _stage_signals(con, first: int, lines: list[bytes]) -> None:
+    staged = []
+    for n, line in enumerate(lines, start=first):
+        try:
+            item = parse_json(line)
+            if type(item["executionId"]) is str and item["signals"] is not None:
+                staged.append((n, item["executionId"], canonicalize(item["signals"]).decode("utf-8")))
+        except (CanonicalizationError, KeyError, TypeError):
+            continue  # unusable signals only make re-execution impossible later
+    if staged:
+        with Registered(con, staged=dict(zip(("n", "executionId", "signals"), (column(c) for c in zip(*staged))))):
+            con.execute("INSERT INTO import_signals SELECT n, executionId, signals FROM staged")
 
 
 def _read_policies(root: Path) -> list[tuple[str, str, str, str]]:
@@ -440,65 +544,3 @@ def _read_policies(root: Path) -> list[tuple[str, str, str, str]]:
             continue
         out.append((path.parent.parent.name, path.parent.name, hashlib.sha256(canonical).hexdigest(), canonical.decode()))
     return out
-
-
-def _import_rows(con, archive: str, rows, signals, policies, malformed, imported_at) -> ImportResult:
-    if rows:
-        columns = [column(c) for c in zip(*rows)]
-        incoming = dict(zip(("line", *ATTESTATION_COLUMNS[1:]), columns))
-        with Registered(con, incoming=incoming):
-            # the first line wins for an executionId repeated inside the archive itself
-            con.execute(
-                "CREATE OR REPLACE TEMP TABLE import_rows AS SELECT * FROM incoming QUALIFY row_number() OVER "
-                "(PARTITION BY executionId ORDER BY line) = 1"
-            )
-            inner = con.execute(
-                "SELECT b.line, a.executionId FROM incoming a JOIN import_rows b USING (executionId) "
-                "WHERE a.canonical <> b.canonical ORDER BY a.line"
-            ).fetchall()
-    else:
-        inner = []
-        con.execute("CREATE OR REPLACE TEMP TABLE import_rows AS SELECT 0 AS line, '' AS executionId, '' AS canonical LIMIT 0")
-    conflicts = [{"executionId": eid, "line": line, "with": "an earlier line of the archive"} for line, eid in inner]
-    clash = con.execute(
-        "SELECT i.line, i.executionId FROM import_rows i JOIN attestations a USING (executionId) "
-        "WHERE a.canonical <> i.canonical ORDER BY i.line"
-    ).fetchall()
-    conflicts += [{"executionId": eid, "line": line, "with": "the record already in the audit DB"} for line, eid in clash]
-    present = con.execute(
-        "SELECT count(*) FROM import_rows i JOIN attestations a USING (executionId) WHERE a.canonical = i.canonical"
-    ).fetchall()[0][0]
-    start = con.execute("SELECT coalesce(max(seq), 0) FROM attestations").fetchall()[0][0]
-    columns = ", ".join(c for c in ATTESTATION_COLUMNS[1:])
-    new_ids = [r[0] for r in con.execute(
-        "SELECT executionId FROM import_rows i WHERE NOT EXISTS (SELECT 1 FROM attestations a WHERE a.executionId = i.executionId) "
-        "ORDER BY line"
-    ).fetchall()]
-    con.execute(
-        f"INSERT INTO attestations SELECT ? + row_number() OVER (ORDER BY line), {columns} FROM import_rows i "
-        "WHERE NOT EXISTS (SELECT 1 FROM attestations a WHERE a.executionId = i.executionId)",
-        [start],
-    )
-    fresh_signals = [(eid, signals[eid]) for eid in new_ids if eid in signals]
-    if fresh_signals:
-        with Registered(con, fresh_signals={"executionId": column([e for e, _ in fresh_signals]),
-                                             "signals": column([s for _, s in fresh_signals])}):
-            con.execute("INSERT INTO signals SELECT executionId, signals FROM fresh_signals")
-    added = 0
-    for pid, pver, bundle_hash, document in policies:
-        known = con.execute("SELECT bundleHash FROM policies WHERE policyId = ? AND policyVersion = ?", [pid, pver]).fetchall()
-        if not known:
-            con.execute("INSERT INTO policies VALUES (?, ?, ?, ?, ?)", [pid, pver, bundle_hash, document, imported_at])
-            added += 1
-        elif known[0][0] != bundle_hash:
-            conflicts.append({"policy": f"{pid}@{pver}", "with": "a different document already in the audit DB"})
-    con.execute("DROP TABLE IF EXISTS import_rows")
-    return ImportResult(
-        archive=archive,
-        inserted=len(new_ids),
-        already_present=present,
-        conflicts=conflicts,
-        malformed=malformed,
-        policies_added=added,
-    )
-

@@ -203,3 +203,27 @@ def test_cli_verify_exit_codes(exported, tmp_path):
     assert unusable.returncode == 2 and "[ARC-001@archive]" in unusable.stderr
     no_trust = cli("--workspace", tmp_path / "empty", "verify", path)
     assert no_trust.returncode == 2 and "--trust" in no_trust.stderr
+
+
+def test_import_streams_in_chunks_with_the_same_outcome(exported, tmp_path, policy_dir):
+    """Repeated and conflicting lines inside the archive, a malformed line and chunk boundaries in between."""
+    path, _ = exported
+    odd = tmp_path / "odd"
+    shutil.copytree(path, odd)
+    lines = (odd / "attestations.jsonl").read_bytes().splitlines()
+    edited = json.loads(lines[2])
+    edited["decision"]["reason"] = "someone else's story"
+    lines = [*lines, lines[0], canonicalize(edited), b"not json"]  # lines 16 (repeat), 17 (conflict), 18 (malformed)
+    (odd / "attestations.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    results, contents = [], []
+    for n, chunk in enumerate((1, 2, 7, 20_000)):
+        with Runtime(tmp_path / f"auditor{n}", policies=policy_dir) as rt:
+            results.append(import_archive(odd, rt.db, chunk_lines=chunk).model_dump(exclude={"archive"}))
+            contents.append((rt.db.sql("SELECT seq, executionId, canonical FROM attestations ORDER BY seq").values.tolist(),
+                             rt.db.sql("SELECT * FROM signals ORDER BY executionId").values.tolist()))
+    assert all(r == results[0] for r in results) and all(c == contents[0] for c in contents)
+    result = results[0]
+    assert result["inserted"] == 15 and result["already_present"] == 0 and len(contents[0][1]) == 15
+    assert result["conflicts"] == [{"executionId": edited["executionId"], "line": 17, "with": "an earlier line of the archive"}]
+    assert [m["line"] for m in result["malformed"]] == [18]
+    assert [row[0] for row in contents[0][0]] == list(range(1, 16))  # audit order kept, no gaps
