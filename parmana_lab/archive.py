@@ -410,7 +410,7 @@ def import_archive(path: str | Path, db: AuditDB, *, clock: Clock = system_clock
                 _drop(con, *_IMPORT_TABLES)
 
 
-_IMPORT_TABLES = ("import_seen", "import_signals", "import_chunk")
+_IMPORT_TABLES = ("import_seen", "import_signals", "import_chunk")  # import_chunk is replaced chunk by chunk
 
 
 def _import(db: AuditDB, root: Path, archive: str, imported_at, chunk_lines: int) -> ImportResult:
@@ -483,40 +483,37 @@ def _import_chunk(con, rows: list[tuple]) -> tuple[int, int, list[dict[str, Any]
     incoming = dict(zip(("line", *ATTESTATION_COLUMNS[1:]), (column(c) for c in zip(*rows))))
     with Registered(con, incoming=incoming):
         con.execute("CREATE OR REPLACE TEMP TABLE import_chunk AS SELECT *, sha256(canonical) AS digest FROM incoming")
-    try:
-        # a line that repeats an executionId met earlier in the archive: the same record is skipped, another one reported
-        repeats = con.execute(
-            """
-            WITH firsts AS (
-                SELECT * FROM (SELECT executionId, line, digest FROM import_seen
-                               UNION ALL SELECT executionId, line, digest FROM import_chunk)
-                QUALIFY row_number() OVER (PARTITION BY executionId ORDER BY line) = 1
-            )
-            SELECT c.line, c.executionId, c.digest <> f.digest FROM import_chunk c JOIN firsts f USING (executionId)
-            WHERE c.line <> f.line ORDER BY c.line
-            """
-        ).fetchall()
-        conflicts = [{"executionId": eid, "line": line, "with": "an earlier line of the archive"}
-                     for line, eid, differs in repeats if differs]
-        con.execute(
-            "DELETE FROM import_chunk WHERE line IN (SELECT unnest(?::BIGINT[]))", [[line for line, _, _ in repeats]]
+    # a line that repeats an executionId met earlier in the archive: the same record is skipped, another one reported
+    repeats = con.execute(
+        """
+        WITH firsts AS (
+            SELECT * FROM (SELECT executionId, line, digest FROM import_seen
+                           UNION ALL SELECT executionId, line, digest FROM import_chunk)
+            QUALIFY row_number() OVER (PARTITION BY executionId ORDER BY line) = 1
         )
-        con.execute("INSERT INTO import_seen SELECT executionId, line, digest FROM import_chunk")
-        clash = con.execute(
-            "SELECT i.line, i.executionId, a.canonical = i.canonical FROM import_chunk i JOIN attestations a USING (executionId) "
-            "ORDER BY i.line"
-        ).fetchall()
-        conflicts += [{"executionId": eid, "line": line, "with": "the record already in the audit DB"}
-                      for line, eid, same in clash if not same]
-        present = sum(1 for _, _, same in clash if same)
-        columns = ", ".join(ATTESTATION_COLUMNS[1:])
-        con.execute("DELETE FROM import_chunk WHERE executionId IN (SELECT executionId FROM attestations)")
-        seq = con.execute("SELECT coalesce(max(seq), 0) FROM attestations").fetchall()[0][0]
-        added = con.execute(f"INSERT INTO attestations SELECT ? + row_number() OVER (ORDER BY line), {columns} FROM import_chunk",
-                            [seq]).fetchall()[0][0]
-        con.execute("INSERT INTO signals SELECT executionId, signals FROM import_signals SEMI JOIN import_chunk USING (executionId)")
-    finally:
-        _drop(con, "import_chunk")
+        SELECT c.line, c.executionId, c.digest <> f.digest FROM import_chunk c JOIN firsts f USING (executionId)
+        WHERE c.line <> f.line ORDER BY c.line
+        """
+    ).fetchall()
+    conflicts = [{"executionId": eid, "line": line, "with": "an earlier line of the archive"}
+                 for line, eid, differs in repeats if differs]
+    con.execute(
+        "DELETE FROM import_chunk WHERE line IN (SELECT unnest(?::BIGINT[]))", [[line for line, _, _ in repeats]]
+    )
+    con.execute("INSERT INTO import_seen SELECT executionId, line, digest FROM import_chunk")
+    clash = con.execute(
+        "SELECT i.line, i.executionId, a.canonical = i.canonical FROM import_chunk i JOIN attestations a USING (executionId) "
+        "ORDER BY i.line"
+    ).fetchall()
+    conflicts += [{"executionId": eid, "line": line, "with": "the record already in the audit DB"}
+                  for line, eid, same in clash if not same]
+    present = sum(1 for _, _, same in clash if same)
+    columns = ", ".join(ATTESTATION_COLUMNS[1:])
+    con.execute("DELETE FROM import_chunk WHERE executionId IN (SELECT executionId FROM attestations)")
+    seq = con.execute("SELECT coalesce(max(seq), 0) FROM attestations").fetchall()[0][0]
+    added = con.execute(f"INSERT INTO attestations SELECT ? + row_number() OVER (ORDER BY line), {columns} FROM import_chunk",
+                        [seq]).fetchall()[0][0]
+    con.execute("INSERT INTO signals SELECT executionId, signals FROM import_signals SEMI JOIN import_chunk USING (executionId)")
     return added, present, conflicts
 
 
