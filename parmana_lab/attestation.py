@@ -167,7 +167,8 @@ _DECISION_KEYS = frozenset({"action", "requires_override", "reason", "ruleId"})
 _STRING_FIELDS = tuple(f for f in FIELDS if f != "decision")
 _HASH_FIELDS = ("execution_fingerprint", "runtimeHash", "evaluatorArtifactHash", "signalsHash", "bundleHash")
 _HEX = re.compile(r"[0-9a-f]*")
-_ISSUED_AT = re.compile(r"\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3]):[0-5]\d:[0-5]\d\.\d{3}Z")
+# ASCII digits only: a str pattern's \d would also accept other scripts' digits
+_ISSUED_AT = re.compile(r"\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3]):[0-5]\d:[0-5]\d\.\d{3}Z", re.ASCII)
 # 64 bytes in padded base64: 85 free characters, one whose low bits are zero, then "=="
 _BASE64_SIG = re.compile(r"[A-Za-z0-9+/]{85}[AQgw]==")
 _STATES = ("completed", "pending_override")

@@ -20,15 +20,15 @@ import orjson
 from nacl._sodium import ffi, lib  # libsodium as PyNaCl ships it; see _Verifier
 
 from ._gc import cyclic_gc_paused
-from .attestation import _PAE_PREFIX, parse_attestation_line
+from .attestation import _HEX, _ISSUED_AT, _PAE_PREFIX, parse_attestation_line
 from .canonical import canonicalize, fingerprint_payload, parse_json
 from .errors import CanonicalizationError, ParmanaError
-from .evaluate import decide_index
+from .evaluate import decide_index, rule_matcher
 from .keys import TrustedKey, TrustStore
 from .merkle import MerkleBuilder
 from .policy import Policy, parse_policy
 from .provenance import runtime_hash, runtime_manifest
-from .validation import validate_signals
+from .validation import signals_conform, validate_signals
 
 CHECKS = ("schema", "key", "signature", "fingerprint", "signals_hash", "policy", "decision", "runtime", "duplicate")
 CheckStatus = Literal["verified", "failed", "unknown", "not_checkable"]
@@ -91,6 +91,10 @@ class PolicyEntry:
 _OPEN_END = "\uffff"  # sorts after any issuedAt text
 
 
+def _is_hex(value: Any, length: int) -> bool:
+    return type(value) is str and len(value) == length and _HEX.fullmatch(value) is not None
+
+
 @dataclass
 class Context:
     """Everything per-line checks need; small and picklable, so workers get a copy."""
@@ -103,9 +107,29 @@ class Context:
     _fp_prefixes: dict[tuple[str, str], bytes] = field(default_factory=dict)
     _windows: dict[str, tuple[str, str, str]] = field(default_factory=dict)
     _verifier: _Verifier | None = None
+    # per (policyId, policyVersion): (bundleHash, fingerprint prefix, signals check, rule matcher, decisions, states), or ()
+    _fast: dict[tuple[str, str], tuple] = field(default_factory=dict)
+    _runtimes_ok: frozenset[str] | None = None
+    _artifacts_ok: set[str] = field(default_factory=set)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_verifier": None}  # C buffers stay in their process
+        # C buffers and generated functions stay in their process
+        return {**self.__dict__, "_verifier": None, "_fast": {}}
+
+    def prepare(self, pid: str, pver: str, key_id: str) -> None:
+        """What _confirm needs for lines of this policy version and key; () when the policy is unusable."""
+        if key_id in self.keys:
+            self.window(key_id)
+        if (pid, pver) in self._fast:
+            return
+        entry = self.policies.get((pid, pver))
+        if entry is None or entry.policy is None or entry.bundle_hash is None:
+            self._fast[(pid, pver)] = ()
+            return
+        policy = entry.policy
+        decisions = [{"action": a, "reason": r, "requires_override": o, "ruleId": i} for a, o, r, i, _ in entry.outcomes]
+        self._fast[(pid, pver)] = (entry.bundle_hash, self.fingerprint_prefix(pid, pver), signals_conform(policy),
+                                   rule_matcher(policy), decisions, [state for *_, state in entry.outcomes])
 
     def fingerprint_prefix(self, pid: str, pver: str) -> bytes:
         """JCS({"policyId", "policyVersion", "signals": …}) up to the signals, per policy version."""
@@ -113,6 +137,22 @@ class Context:
         if prefix is None:
             prefix = self._fp_prefixes[(pid, pver)] = fingerprint_payload(pid, pver, b"")[:-1]
         return prefix
+
+    @property
+    def fast_runtimes(self) -> frozenset[str]:
+        """The known runtimeHashes that are well-formed (a caller may pass anything)."""
+        if self._runtimes_ok is None:
+            self._runtimes_ok = frozenset(r for r in self.known_runtimes if _is_hex(r, 64))
+        return self._runtimes_ok
+
+    def artifact_ok(self, artifact: str) -> bool:
+        """Whether an evaluatorArtifactHash is well-formed, remembered (an archive holds a handful)."""
+        if artifact in self._artifacts_ok:
+            return True
+        if _is_hex(artifact, 64):
+            self._artifacts_ok.add(artifact)
+            return True
+        return False
 
     @classmethod
     def build(cls, trust_store: TrustStore, known_runtimes: Iterable[str] | None, **kw: Any) -> Context:
@@ -202,9 +242,124 @@ def check_line(number: int, line: bytes, signals_line: bytes | None, ctx: Contex
     """Every check of one archive line that does not need other lines.
 
     ``signals_line`` is the signals.jsonl line paired with it (None when the
-    archive has no signals). This is the bulk verifier's hot loop: the common,
-    all-verified path allocates as little as it can.
+    archive has no signals).
     """
+    return check_lines(number, [line], [signals_line], ctx)[0]
+
+
+SIGNATURE_BATCH = 256
+
+
+def check_lines(start: int, lines: list[bytes], signals: Iterable[bytes | None], ctx: Context) -> list[Row]:
+    """check_line for a run of lines numbered from ``start``: the bulk verifier's hot loop.
+
+    The signatures of each batch of lines are verified back to back after the
+    batch's other checks. Measured here: Ed25519 verifications interleaved with
+    the ~14 µs of Python checks each took ~10 µs longer than in a tight loop
+    (the interpreter evicts libsodium's working set), about 13% of the total.
+    """
+    rows: list[Row] = []
+    pending: list[tuple[int, bytes, str]] = []  # (row, signature || signed message, signerKeyId)
+    for i, (line, signals_line) in enumerate(zip(lines, signals)):
+        rows.append(_check(start + i, line, signals_line, ctx, pending, i))
+        if len(pending) >= SIGNATURE_BATCH:
+            _verify_signatures(rows, pending, ctx)
+    if pending:
+        _verify_signatures(rows, pending, ctx)
+    return rows
+
+
+def _verify_signatures(rows: list[Row], pending: list[tuple[int, bytes, str]], ctx: Context) -> None:
+    verify, raw_key = ctx.verifier.verify, ctx.raw_key
+    for i, message, key_id in pending:
+        if not verify(message, raw_key(key_id)):
+            number, eid, pid, pver, action, fp, statuses, findings = rows[i]
+            failed = bytearray(statuses)
+            failed[CHECK_INDEX["signature"]] = FAILED
+            finding = ("SIGNATURE_INVALID", "signature", f"an Ed25519 signature by {key_id} over the record",
+                       "the signature does not verify")
+            rows[i] = (number, eid, pid, pver, action, fp, bytes(failed), (finding, *findings))
+    pending.clear()
+
+
+def _check(number: int, line: bytes, signals_line: bytes | None, ctx: Context,
+           pending: list[tuple[int, bytes, str]], index: int) -> Row:
+    """Every check but the signature, which is queued on ``pending`` (the line's ``index`` with its message).
+
+    The common case, a record whose every check passes, takes a short path that
+    only confirms it; anything else goes through _check_each, which works out
+    and explains each finding (a property test holds both to the same verdicts).
+    """
+    try:
+        row = _confirm(number, line, signals_line, ctx, pending, index)
+    except (KeyError, TypeError, ValueError):  # a member missing or of another type (binascii.Error is a ValueError)
+        row = None
+    return row if row is not None else _check_each(number, line, signals_line, ctx, pending, index)
+
+
+def _confirm(number: int, line: bytes, signals_line: bytes | None, ctx: Context,
+             pending: list[tuple[int, bytes, str]], index: int) -> Row | None:
+    """The row of a line that passes every check, or None when anything is off.
+
+    Canonical form without the full-line pattern: a line with no escapes is JCS
+    exactly when it re-serializes to itself with sorted keys. Values the other
+    checks compare with computed ones (hashes, decision, keys, policy) need no
+    format check of their own; the rest are checked here.
+    """
+    if signals_line is None or b"\\" in line:
+        return None
+    obj = orjson.loads(line)
+    if type(obj) is not dict or len(obj) != 15 or orjson.dumps(obj, option=orjson.OPT_SORT_KEYS) != line:
+        return None
+    pid, pver, key_id, issued, eid = obj["policyId"], obj["policyVersion"], obj["signerKeyId"], obj["issuedAt"], obj["executionId"]
+    if type(pid) is not str or type(pver) is not str or type(key_id) is not str or type(eid) is not str:
+        return None
+    fast = ctx._fast.get((pid, pver))
+    bounds = ctx._windows.get(key_id)
+    if fast is None or bounds is None:
+        ctx.prepare(pid, pver, key_id)
+        return None
+    decision, signature = obj["decision"], obj["signature"]
+    prefix = b'{"executionId":%s,"signals":' % orjson.dumps(eid)
+    if not (
+        fast
+        and bounds[0] <= issued < bounds[1]
+        and issued < bounds[2]
+        and _ISSUED_AT.fullmatch(issued)
+        and obj["runtimeHash"] in ctx.fast_runtimes
+        and ctx.artifact_ok(obj["evaluatorArtifactHash"])
+        and type(obj["runtimeVersion"]) is str
+        and type(obj["schemaVersion"]) is str
+        and fast[0] == obj["bundleHash"]
+        and len(signature) == 88 and signature[85] in "AQgw" and signature[86:] == "=="
+        and signals_line.startswith(prefix)
+        and signals_line[-1:] == b"}"
+    ):
+        return None
+    signals_jcs = signals_line[len(prefix):-1]
+    if (
+        sha256(signals_jcs).hexdigest() != obj["signalsHash"]
+        or sha256(fast[1] + signals_jcs + b"}").hexdigest() != obj["execution_fingerprint"]
+    ):
+        return None
+    signals = orjson.loads(signals_jcs)
+    if type(signals) is not dict or not fast[2](signals):
+        return None
+    rule = fast[3](signals)
+    if rule < 0 or fast[4][rule] != decision or fast[5][rule] != obj["execution_state"]:
+        return None
+    if decision["requires_override"] is not (fast[5][rule] == "pending_override"):
+        return None  # 1 == True in the comparison above; the wire wants a JSON boolean
+    cut = line.rfind(_SIG_MARK)
+    view = memoryview(line)
+    head, tail = view[:cut], view[cut + _SIG_CUT:]
+    pending.append((index, b"".join((binascii.a2b_base64(signature, strict_mode=True), _PAE_PREFIX,
+                                     b"%d " % (len(head) + len(tail)), head, tail)), key_id))
+    return (number, eid, pid, pver, decision["action"], obj["execution_fingerprint"], _ALL_VERIFIED, ())
+
+
+def _check_each(number: int, line: bytes, signals_line: bytes | None, ctx: Context,
+                pending: list[tuple[int, bytes, str]], index: int) -> Row:
     obj, problem = parse_attestation_line(line)
     if obj is None:
         return (number, _guess_id(line), None, None, None, None, _MALFORMED_STATUSES,
@@ -223,11 +378,8 @@ def check_line(number: int, line: bytes, signals_line: bytes | None, ctx: Contex
         cut = line.rfind(_SIG_MARK)
         view = memoryview(line)
         head, tail = view[:cut], view[cut + _SIG_CUT:]
-        message = b"".join((binascii.a2b_base64(obj["signature"]), _PAE_PREFIX, b"%d " % (len(head) + len(tail)), head, tail))
-        if not ctx.verifier.verify(message, ctx.raw_key(key_id)):
-            sig = FAILED
-            findings = [("SIGNATURE_INVALID", "signature", f"an Ed25519 signature by {key_id} over the record",
-                         "the signature does not verify")]
+        pending.append((index, b"".join((binascii.a2b_base64(obj["signature"]), _PAE_PREFIX,
+                                         b"%d " % (len(head) + len(tail)), head, tail)), key_id))
         not_before, not_after, revoked = ctx.window(key_id)
         if not (not_before <= issued < not_after and issued < revoked):
             window = trusted.status_at(issued)  # which bound, for the finding
@@ -294,6 +446,7 @@ def check_line(number: int, line: bytes, signals_line: bytes | None, ctx: Contex
 
 
 _MALFORMED_STATUSES = bytes((FAILED, *[NOT_CHECKABLE] * (len(CHECKS) - 1)))
+_ALL_VERIFIED = bytes(len(CHECKS))
 _SIG_CUT = len(b',"signature":"') + 88 + 1
 
 
@@ -433,7 +586,7 @@ def check_chunk(ctx_blob: bytes, chunk: tuple[int, bytes, bytes | list[bytes | N
     lines = joined.split(b"\n")
     signals = sigs.split(b"\n") if isinstance(sigs, bytes) else sigs or repeat(None)
     with cyclic_gc_paused():
-        rows = pack_rows([check_line(start + i, line, sig, ctx) for i, (line, sig) in enumerate(zip(lines, signals))])
+        rows = pack_rows(check_lines(start, lines, signals, ctx))
     tree = MerkleBuilder()
     tree.add_many(lines)
     return rows, tree.subtrees(), len(lines)

@@ -48,6 +48,11 @@ def decide_index(policy: Policy, signals: dict[str, Any]) -> int:
     return _compiled(policy)[0](signals)
 
 
+def rule_matcher(policy: Policy) -> Callable[[dict[str, Any]], int]:
+    """The policy's compiled rules: signals -> index of the first matching rule, or -1."""
+    return _compiled(policy)[0]
+
+
 def _compiled(policy: Policy) -> tuple[Callable[[dict[str, Any]], int], tuple[Decision, ...]]:
     # Cached on the (frozen) policy the way functools.cached_property caches:
     # in its __dict__, which a plain attribute read finds at dict speed.

@@ -110,7 +110,7 @@ _REQUEST_FRAME = len(b'{"executionId":,"policyId":,"policyVersion":,"signals":}'
 
 def validate_signals(signals: dict[str, Any], policy: Policy) -> None:
     """Refuse signals that do not match the policy's signalsSchema exactly."""
-    if _conformance(policy)(signals):
+    if signals_conform(policy)(signals):
         return
     check_each_signal(signals, policy)
     raise _refuse("VAL-001", "signals do not match the policy's signalsSchema")  # unreachable while both checks agree
@@ -150,7 +150,7 @@ def check_each_signal(signals: dict[str, Any], policy: Policy) -> None:
             raise _refuse("VAL-011", f"signal {name!r} = {value!r} is not allowed (allowed: {', '.join(spec.values or ())})")
 
 
-def _conformance(policy: Policy) -> Callable[[dict[str, Any]], bool]:
+def signals_conform(policy: Policy) -> Callable[[dict[str, Any]], bool]:
     """One generated expression that is True exactly when validate_signals accepts the signals.
 
     Bulk verification and execute_many validate every record;

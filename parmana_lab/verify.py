@@ -67,6 +67,7 @@ from .checks import (
     SignalsAligner,
     check_chunk,
     check_line,
+    check_lines,
     load_archive_policies,
     pack_rows,
 )
@@ -542,8 +543,7 @@ def _run_checks(blocks, ctx: Context, merkle: MerkleBuilder, workers: int, chunk
             if pool is None:
                 for start, lines, sigs in blocks:
                     merkle.add_many(lines)
-                    collector.add([check_line(start + i, line, sig, ctx)
-                                   for i, (line, sig) in enumerate(zip(lines, sigs or repeat(None)))])
+                    collector.add(check_lines(start, lines, sigs or repeat(None), ctx))
                     bar.update(len(lines))
             else:
                 blob = pickle.dumps(ctx)

@@ -98,6 +98,9 @@ def test_model_is_strict_about_types(signed):
     data["issuedAt"] = "2026-01-15 09:30:00"
     with pytest.raises(ValueError):
         ExecutionAttestation.model_validate(data)
+    data["issuedAt"] = signed.issuedAt.replace("2", "\u0662", 1)  # a digit, but not an ASCII one
+    with pytest.raises(ValueError, match="issuedAt"):
+        ExecutionAttestation.model_validate(data)
     assert ExecutionAttestation.model_validate(signed.model_dump()) == signed
 
 
