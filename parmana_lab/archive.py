@@ -39,7 +39,7 @@ from .errors import AuditStoreError, CanonicalizationError, ParmanaError
 from .keys import SigningKey, TrustStore
 from .merkle import MerkleBuilder
 from .provenance import RuntimeManifest, runtime_hash, runtime_manifest
-from .timestamps import Clock, format_ts, system_clock
+from .timestamps import Clock, format_ts, system_clock, time_bound
 
 ARCHIVE_TYPE = "PARMANA_ARCHIVE_V1"
 FORMAT = "parmana-archive"
@@ -134,6 +134,10 @@ def export_archive(
 
 def _filters(since, until, policy_id, policy_version) -> tuple[str, list[Any]]:
     clauses, params = [], []
+    try:
+        since, until = (None if t is None else time_bound(t) for t in (since, until))
+    except ValueError as exc:
+        raise ArchiveError("ARC-008", f"export time filter: {exc}; nothing was exported") from None
     for name, op, value in (("issuedAt", ">=", since), ("issuedAt", "<", until), ("policyId", "=", policy_id),
                             ("policyVersion", "=", policy_version)):
         if value is not None:

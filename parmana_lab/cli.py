@@ -11,7 +11,7 @@ from typing import Any
 from .archive import import_archive
 from .canonical import canonicalize, parse_json
 from .demo import describe, run_demo
-from .errors import CanonicalizationError, KeyStoreError, ParmanaError, RequestError
+from .errors import CanonicalizationError, KeyStoreError, ParmanaError, PolicyError, RequestError
 from .keys import Keyring, TrustStore
 from .policy import PolicyStore
 from .provenance import runtime_info
@@ -172,8 +172,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.action == "revoke":
         if not args.key_id:
-            print("parmana-lab: keys revoke needs a keyId", file=sys.stderr)
-            return EXIT_UNUSABLE
+            raise KeyStoreError("KEY-005", "keys", "keys revoke needs the keyId to revoke (`parmana-lab keys` lists them)")
         key = ring.revoke(args.key_id, args.at)
         print(f"key {key.keyId} revoked from {key.revokedAt}")
         return EXIT_OK
@@ -307,8 +306,7 @@ def cmd_audit_reproduce(args: argparse.Namespace) -> int:
     for item in args.policy_version:
         policy_id, sep, version = item.partition("=")
         if not sep or not policy_id or not version:
-            print(f"parmana-lab: --policy-version takes ID=VERSION, not {item!r}", file=sys.stderr)
-            return EXIT_UNUSABLE
+            raise PolicyError("POL-007", "policy", f"--policy-version takes ID=VERSION (e.g. loan-approval=1.1.0), not {item!r}")
         versions[policy_id] = version
     report = reproduce(args.source, policy_versions=versions or None,
                        policies=(args.policies or default_policy_dir()) if versions else None,

@@ -301,7 +301,10 @@ class Keyring:
         if store.get(key_id) is None:
             raise KeyStoreError("KEY-005", "keys", f"no key {key_id!r} in {self.trust_path}")
         at = at or format_ts(self._clock())
-        parse_ts(at)
+        try:
+            parse_ts(at)
+        except ValueError as exc:
+            raise KeyStoreError("KEY-007", "keys", f"revocation time {exc}; nothing was changed") from None
         keys = [k.model_copy(update={"revokedAt": at}) if k.keyId == key_id else k for k in store.keys]
         self._save(TrustStore(keys=keys))
         return next(k for k in keys if k.keyId == key_id)

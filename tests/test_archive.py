@@ -49,6 +49,23 @@ def test_export_refuses_to_overwrite_and_filters(tmp_path, policy_dir, clock):
     assert sorted(p.name for p in (tmp_path / "loans" / "policies").iterdir()) == ["loan-approval"]
 
 
+def test_export_time_filters_are_times_not_text(tmp_path, policy_dir, clock):
+    """Issued 09:30:00.000Z and 10:30:00.000Z: filters written another way must select by time."""
+    with Runtime(tmp_path / "ws", policies=policy_dir, clock=clock) as rt:
+        rt.execute(loan_request(score=450))
+        clock.advance(3600)
+        rt.execute(claims_request())
+        bounds = [("since", "2026-01-15T10:30:00Z"), ("since", "2026-01-15T11:30:00+01:00"), ("until", "2026-01-16"),
+                  ("until", "2026-01-15T10:30:00.000Z"), ("since", "2026-01-15")]
+        counts = [rt.export_archive(tmp_path / f"out{i}", **{k: v}).count for i, (k, v) in enumerate(bounds)]
+        assert counts == [1, 1, 2, 1, 2]
+        for bad in ({"since": "yesterday"}, {"until": "2026-01-15T10:00:00"}, {"since": "2026-02-30"}):
+            with pytest.raises(ArchiveError) as info:
+                rt.export_archive(tmp_path / "refused", **bad)
+            assert info.value.code == "ARC-008" and repr(next(iter(bad.values()))) in info.value.reason
+            assert not (tmp_path / "refused").exists()
+
+
 def _zip_with(path: Path, name: str, data: bytes = b"x", symlink: bool = False) -> Path:
     with zipfile.ZipFile(path, "w") as zf:
         info = zipfile.ZipInfo(name)

@@ -91,3 +91,17 @@ def test_demo_runs_on_a_fresh_workspace_and_summarises(tmp_path):
 def test_demo_works_outside_the_repo(tmp_path):
     out = cli("--workspace", tmp_path / "ws", "demo", cwd=tmp_path, check_code=0)
     assert "executed 15" in out.stdout
+
+
+def test_usage_mistakes_are_coded_refusals_without_traceback(tmp_path):
+    ws = ["--workspace", str(tmp_path / "ws")]
+    cli(*ws, "keys", "rotate", check_code=0)
+    key_id = json.loads(cli(*ws, "keys", "--json", check_code=0).stdout)["keys"][0]["keyId"]
+    for args, code in (
+        (("keys", "revoke"), "KEY-005"),
+        (("keys", "revoke", key_id, "--at", "tomorrow"), "KEY-007"),
+        (("audit", "reproduce", str(tmp_path / "ws" / "audit.duckdb"), "--policy-version", "loan-approval"), "POL-007"),
+    ):
+        out = cli(*ws, *args, check_code=2)
+        assert out.stderr.startswith(f"parmana-lab: [{code}@") and "Traceback" not in out.stderr, out.stderr
+    assert json.loads(cli(*ws, "keys", "--json", check_code=0).stdout)["keys"][0]["revokedAt"] is None

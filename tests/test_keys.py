@@ -54,6 +54,11 @@ def test_revocation_window(tmp_path, clock):
     with pytest.raises(KeyStoreError) as info:
         ring.revoke("0000000000000000")
     assert info.value.code == "KEY-005"
+    before = ring.trust_path.read_bytes()
+    with pytest.raises(KeyStoreError) as info:
+        ring.revoke(key.key_id, "tomorrow")
+    assert info.value.code == "KEY-007" and "'tomorrow'" in info.value.reason
+    assert ring.trust_path.read_bytes() == before
 
 
 def test_trust_store_json_round_trip_and_validation(runtime):
