@@ -34,10 +34,16 @@ class _CallbackBar:
         self.close()
 
 
+def _silent(done: int, total: int | None) -> None:
+    pass
+
+
 def progress_bar(progress: Progress, total: int | None, desc: str, unit: str) -> Any:
     """A bar with update(n) and close(), usable as a context manager."""
     if callable(progress):
         return _CallbackBar(progress, total)
+    if not progress:
+        return _CallbackBar(_silent, total)  # and tqdm.auto, which imports ipywidgets, stays unimported
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit=unit, desc=desc, disable=not progress, leave=False)
