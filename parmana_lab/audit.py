@@ -253,17 +253,9 @@ def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
         except OSError as exc:
             raise AuditStoreError("AUD-004", "audit", f"cannot create {path.parent}: {exc.strerror}") from None
     try:
-        con = duckdb.connect(str(path), read_only=read_only)
+        return duckdb.connect(str(path), read_only=read_only)
     except duckdb.Error as exc:
         raise open_refusal(path, exc) from None
-    con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
-    return con
-
-
-# DuckDB's default, 80% of RAM, let a long import keep about a gigabyte of caches it
-# did not need (300,000 lines: 1.18 GB peak RSS; with this limit 0.49 GB, ~5% slower).
-# Work that needs more spills to a temporary folder next to the DB file.
-MEMORY_LIMIT = "256MB"
 
 
 def open_refusal(path: Path, exc: duckdb.Error) -> AuditStoreError:
