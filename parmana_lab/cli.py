@@ -232,7 +232,9 @@ def cmd_policies(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     fmt = args.format or next((f for f in ("zip", "tar.gz") if args.out.name.endswith("." + f)), "dir")
-    policy_id, _, policy_version = (args.policy or "").partition("@")
+    policy_id, at, policy_version = (args.policy or "").partition("@")
+    if args.policy is not None and (not policy_id or (at and not policy_version)):
+        raise PolicyError("POL-007", "policy", f"--policy takes ID or ID@VERSION (e.g. loan-approval@1.1.0), not {args.policy!r}")
     with Runtime(args.workspace, wait=args.wait) as rt:
         result = rt.export_archive(
             args.out, format=fmt, signals=not args.no_signals, since=args.since, until=args.until,

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from .attestation import ExecutionAttestation
 from .canonical import parse_json
-from .errors import ParmanaError
+from .errors import CanonicalizationError, ParmanaError, RequestError
 from .replays import find_replays
 from .reports import archive_text
 from .reproducibility import reproduce
@@ -45,7 +45,12 @@ def request_files(directory: Path) -> list[Path]:
 
 
 def load_requests(path: Path) -> list:
-    data = parse_json(path.read_bytes())
+    try:
+        data = parse_json(path.read_bytes())
+    except OSError as exc:
+        raise RequestError("VAL-001", "validate", f"cannot read {path}: {exc.strerror}") from None
+    except CanonicalizationError as exc:
+        raise RequestError("VAL-001", "validate", f"{path}: {exc.reason}") from None
     return data if isinstance(data, list) else [data]
 
 
@@ -58,10 +63,13 @@ def run_demo(
 ) -> DemoSummary:
     """Recreate ``workspace``, run all sample requests, print a readable summary."""
     root = Path(workspace)
-    if root.exists():
-        shutil.rmtree(root)
     policy_dir = Path(policies) if policies else default_policy_dir()
     request_dir = Path(requests) if requests else default_requests_dir()
+    replayed = request_files(request_dir)
+    if not replayed:
+        raise RequestError("VAL-001", "validate", f"no request files (*.json) in {request_dir}")
+    if root.exists():
+        shutil.rmtree(root)
     with Runtime(root, policies=policy_dir) as rt:
         info = rt.info()
         echo(f"parmana_lab demo — workspace {root}")
@@ -107,9 +115,10 @@ def run_demo(
         echo("\nReproducibility audit: " + ", ".join(f"{k} {v}" for k, v in repro.statuses.items()))
         whatif = reproduce(exported.path, policy_versions={"loan-approval": "1.1.0"}, policies=policy_dir)
         echo(f"What if loan-approval 1.1.0 had decided the 1.0.0 loans: {len(whatif.changes())} decision(s) would change")
-    # a second runtime (its own key) runs the claims requests again: the same executions, consumed twice
+    # a second runtime (its own key) runs one request file again (the claims one if there): the same executions, consumed twice
+    again = request_dir / "claims-approval.json" if (request_dir / "claims-approval.json").is_file() else replayed[0]
     with Runtime(root / "second-runtime", policies=policy_dir) as other:
-        other.execute_many(load_requests(request_dir / "claims-approval.json"))
+        other.execute_many(load_requests(again))
         second = other.export_archive(other.workspace.exports_dir / "second.tar.gz", format="tar.gz")
     with find_replays([exported.path, second.path]) as replays:
         s = replays.summary

@@ -168,11 +168,14 @@ class TrustStore(BaseModel):
     @classmethod
     def from_json(cls, text: str | bytes, *, source: str = "trust store") -> TrustStore:
         try:
-            return cls.model_validate_json(text)
+            store = cls.model_validate_json(text)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "top level"
             raise KeyStoreError("KEY-004", "keys", f"{source} is not a valid trust store ({where}: {first['msg']})") from None
+        if "keys" not in store.model_fields_set:  # `{}` is not a trust store that happens to trust nobody
+            raise KeyStoreError("KEY-004", "keys", f"{source} is not a valid trust store (no keys member)")
+        return store
 
     @classmethod
     def load(cls, path: str | Path) -> TrustStore:

@@ -305,6 +305,8 @@ class PolicyStore:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        if not self.root.is_dir():  # a mistyped folder would otherwise look like one holding no policies
+            raise PolicyError("POL-001", "policy", f"no policy folder at {self.root}")
         self._cache: dict[tuple[str, str], Policy] = {}
 
     def __repr__(self) -> str:

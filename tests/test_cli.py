@@ -97,11 +97,20 @@ def test_usage_mistakes_are_coded_refusals_without_traceback(tmp_path):
     ws = ["--workspace", str(tmp_path / "ws")]
     cli(*ws, "keys", "rotate", check_code=0)
     key_id = json.loads(cli(*ws, "keys", "--json", check_code=0).stdout)["keys"][0]["keyId"]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "no-keys.json").write_text("{}")
     for args, code in (
         (("keys", "revoke"), "KEY-005"),
         (("keys", "revoke", key_id, "--at", "tomorrow"), "KEY-007"),
         (("audit", "reproduce", str(tmp_path / "ws" / "audit.duckdb"), "--policy-version", "loan-approval"), "POL-007"),
+        (("export", "--out", str(tmp_path / "out"), "--policy", "@"), "POL-007"),
+        (("export", "--out", str(tmp_path / "out"), "--since", "last week"), "ARC-008"),
+        (("policies", "--policies", str(tmp_path / "missing")), "POL-001"),
+        (("run", "--policies", str(tmp_path / "missing"), str(SAMPLE_REQUESTS / "claims-approval.json")), "POL-001"),
+        (("demo", "--requests", str(tmp_path / "empty")), "VAL-001"),
+        (("verify", str(tmp_path / "empty"), "--trust", str(tmp_path / "no-keys.json")), "KEY-004"),
     ):
         out = cli(*ws, *args, check_code=2)
         assert out.stderr.startswith(f"parmana-lab: [{code}@") and "Traceback" not in out.stderr, out.stderr
     assert json.loads(cli(*ws, "keys", "--json", check_code=0).stdout)["keys"][0]["revokedAt"] is None
+    assert not (tmp_path / "out").exists()

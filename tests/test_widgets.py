@@ -91,6 +91,7 @@ def test_form_says_why_a_policy_is_missing_from_the_list(tmp_path, policy_dir):
 
 
 def test_form_with_no_policies_says_so(tmp_path):
+    (tmp_path / "empty").mkdir()
     with Runtime(tmp_path / "ws", policies=tmp_path / "empty") as rt:
         form = ExecutionForm(rt)
         assert "no loadable policies" in form.status.value
