@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 from .errors import EvaluationError
 from .policy import Policy
+from .validation import validate_signals
 
 
 class Decision(BaseModel):
@@ -31,9 +32,19 @@ class Decision(BaseModel):
 
 
 def evaluate(policy: Policy, signals: dict[str, Any]) -> Decision:
-    """Decide on already validated signals; SYS-006 when no rule matches."""
-    decide, decisions = _compiled(policy)
-    index = decide(signals)
+    """Check the signals against the policy's signalsSchema (VAL-xxx), then decide; SYS-006 when no rule matches.
+
+    Unchecked signals would reach the rules as KeyErrors or as comparisons of
+    the wrong types (True >= 700 is False, not a refusal).
+    """
+    validate_signals(signals, policy)
+    return decide(policy, signals)
+
+
+def decide(policy: Policy, signals: dict[str, Any]) -> Decision:
+    """evaluate for signals the caller has already validated (the runtime does, once per request)."""
+    rules, decisions = _compiled(policy)
+    index = rules(signals)
     if index < 0:
         raise EvaluationError(
             "SYS-006",

@@ -153,8 +153,10 @@ def _release(con: duckdb.DuckDBPyConnection, stack: ExitStack) -> None:
     stack.close()
 
 
-def find_replays(sources: Sequence[str | Path]) -> ReplayReport:
-    """Every execution_fingerprint that occurs more than once across ``sources`` (archives or audit DB files)."""
+def find_replays(sources: str | Path | Sequence[str | Path]) -> ReplayReport:
+    """Every execution_fingerprint that occurs more than once across ``sources`` (archives or audit DB files, or one)."""
+    if isinstance(sources, (str, Path)):
+        sources = [sources]  # not its characters
     if not sources:
         raise ArchiveError("ARC-005", "find_replays needs at least one archive or audit DB")
     stack = ExitStack()

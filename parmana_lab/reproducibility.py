@@ -27,8 +27,7 @@ from .canonical import canonicalize, fingerprint_payload, parse_json
 from .charts import bar_chart
 from .checks import PolicyEntry, SignalsAligner, load_archive_policies, policy_entry
 from .errors import CanonicalizationError, ParmanaError
-from .evaluate import Decision
-from .evaluate import evaluate as current_evaluate
+from .evaluate import Decision, decide
 from .policy import Policy, PolicyStore
 from .progress import Progress, progress_bar
 from .provenance import evaluator_artifact_hash, runtime_hash, runtime_manifest
@@ -114,14 +113,15 @@ def reproduce(
     *,
     policy_versions: dict[str, str] | None = None,
     policies: str | Path | PolicyStore | None = None,
-    evaluator: Evaluator = current_evaluate,
+    evaluator: Evaluator = decide,
     progress: Progress = False,
 ) -> ReproReport:
     """Re-run every execution of an archive or audit DB file and compare decisions.
 
     ``policy_versions`` maps a policyId to the version to re-run it under
     (loaded from ``policies``, a policy folder); ``evaluator`` is the decision
-    function, the kit's own by default. ``progress`` is as for verify_archive.
+    function, given signals already validated against the policy (the kit's own
+    ``decide`` by default). ``progress`` is as for verify_archive.
     """
     what_if = dict(policy_versions or {})
     store = policies if isinstance(policies, PolicyStore) else PolicyStore(policies) if policies else None

@@ -21,8 +21,8 @@ from .archive import ExportResult, export_archive
 from .attestation import ExecutionAttestation, seal
 from .audit import AuditDB
 from .canonical import canonical_hash, canonicalize, fingerprint_payload, sha256_hex
-from .errors import AuditStoreError, ParmanaError, PolicyError, ReplayError
-from .evaluate import Decision, evaluate
+from .errors import AuditStoreError, ParmanaError, PolicyError, ReplayError, RequestError
+from .evaluate import Decision, decide
 from .keys import Keyring, TrustStore
 from .policy import Policy, PolicyStore
 from .provenance import RuntimeInfo, evaluator_artifact_hash, runtime_hash, runtime_manifest
@@ -130,6 +130,10 @@ class Runtime:
 
     def iter_execute(self, requests: Iterable[Any], *, chunk_size: int = DEFAULT_CHUNK) -> Iterator[Result]:
         """Like execute_many, yielding each chunk's results once that chunk has committed."""
+        if isinstance(requests, (dict, str, bytes, bytearray)) or not isinstance(requests, Iterable):
+            # one request would otherwise run as a sequence of its keys or characters
+            raise RequestError("VAL-001", "validate", f"execute_many takes a list of requests, not {type(requests).__name__}; "
+                               "for one request use execute")
         chunk: list[Any] = []
         for request in requests:
             chunk.append(request)
@@ -145,7 +149,7 @@ class Runtime:
         pid, pver, signals, execution_id, signals_jcs = check_request(raw, new_id=self._new_id)
         policy = self.policies.get(pid, pver)
         validate_signals(signals, policy)
-        decision = evaluate(policy, signals)
+        decision = decide(policy, signals)
         fingerprint = sha256_hex(fingerprint_payload(pid, pver, signals_jcs))
         return _Pending(index, execution_id, policy, decision, fingerprint, signals_jcs)
 

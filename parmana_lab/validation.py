@@ -110,6 +110,8 @@ _REQUEST_FRAME = len(b'{"executionId":,"policyId":,"policyVersion":,"signals":}'
 
 def validate_signals(signals: dict[str, Any], policy: Policy) -> None:
     """Refuse signals that do not match the policy's signalsSchema exactly."""
+    if type(signals) is not dict:
+        raise _refuse("VAL-001", f"signals are a JSON object, not {_json_type(signals)}")
     if signals_conform(policy)(signals):
         return
     check_each_signal(signals, policy)

@@ -140,8 +140,10 @@ def verify_attestation(
             line = canonicalize(attestation)
         except ParmanaError as exc:
             line = repr(exc).encode()
+    elif isinstance(attestation, (str, bytes, bytearray, memoryview)):
+        line = attestation.encode("utf-8", "surrogatepass") if isinstance(attestation, str) else bytes(attestation)
     else:
-        line = attestation.encode("utf-8") if isinstance(attestation, str) else bytes(attestation)
+        line = repr(attestation).encode()  # not an attestation in any form: reported as MALFORMED
     ctx = Context.build(trust_store, known_runtimes)
     obj, _ = parse_attestation_line(line)
     if policy is not None:

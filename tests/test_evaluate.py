@@ -2,7 +2,7 @@ import itertools
 
 import pytest
 
-from parmana_lab import EvaluationError, PolicyStore, evaluate, parse_policy
+from parmana_lab import EvaluationError, PolicyStore, RequestError, evaluate, parse_policy
 
 from .conftest import SAMPLE_POLICIES
 
@@ -79,3 +79,17 @@ def test_evaluation_is_deterministic_over_many_inputs():
     first = [evaluate(policy, {"credit_score": s, "loan_amount": a, "employed": e}) for s, a, e in grid]
     again = [evaluate(policy, {"employed": e, "loan_amount": a, "credit_score": s}) for s, a, e in reversed(grid)]
     assert first == list(reversed(again))
+
+
+@pytest.mark.parametrize(("signals", "code"), [
+    ({"credit_score": 700, "loan_amount": 100}, "VAL-004"),
+    ({"credit_score": True, "loan_amount": 100, "employed": True}, "VAL-007"),
+    ({"credit_score": 700, "loan_amount": 100, "employed": True, "extra": 1}, "VAL-003"),
+    (None, "VAL-001"),
+    ([700, 100, True], "VAL-001"),
+])
+def test_evaluate_refuses_signals_the_schema_does_not_allow(signals, code):
+    """Unchecked, these reach the rules as a KeyError or as True >= 700 quietly deciding."""
+    with pytest.raises(RequestError) as info:
+        evaluate(STORE.get("loan-approval", "1.0.0"), signals)
+    assert info.value.code == code

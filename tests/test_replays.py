@@ -60,6 +60,8 @@ def test_clean_sources_have_no_findings(tmp_path, policy_dir, clock):
     a, _ = _runtime_archive(tmp_path, "a", policy_dir, clock, [claims_request(), loan_request()])
     with find_replays([a]) as report:
         assert report.findings() == [] and report.summary.extra_uses == 0 and len(report.reused_ids) == 0
+    with find_replays(str(a)) as one, find_replays(a) as also:  # one source as such, not as its characters
+        assert one.summary.records == also.summary.records == 2 and one.summary.sources == [a.name]
 
 
 def test_execution_id_reused_with_different_content(tmp_path, policy_dir, clock):

@@ -12,6 +12,7 @@ from parmana_lab import (
     ParmanaError,
     PolicyError,
     ReplayError,
+    RequestError,
     Runtime,
     canonical_hash,
     canonicalize,
@@ -189,6 +190,14 @@ def test_execute_many_keeps_order_and_batches_transactions(runtime):
 def test_execute_many_chunks_commit_separately(runtime):
     results = list(runtime.iter_execute([loan_request(score=s) for s in range(400, 450)], chunk_size=20))
     assert len(results) == 50 and runtime.db.count() == 50
+
+
+def test_execute_many_refuses_one_request_given_as_the_list(runtime):
+    for wrong in (loan_request(), None, b"{}"):
+        with pytest.raises(RequestError) as info:
+            runtime.execute_many(wrong)
+        assert info.value.code == "VAL-001" and "use execute" in info.value.reason
+    assert runtime.db.count() == 0 and runtime.db.count("refusals") == 0
 
 
 def test_request_given_as_json_text(runtime):

@@ -333,6 +333,7 @@ def test_verify_attestation_api(runtime):
     assert verify_attestation(tampered, store).code == "SIGNATURE_INVALID"
     assert verify_attestation(att, store, signals={**claims_request()["signals"], "risk_score": 43}).code == "FINGERPRINT_MISMATCH"
     assert "VerificationResult" in result._repr_html_()
+    assert verify_attestation(None, store).code == "MALFORMED"  # any object at all: a verdict, never a TypeError
 
 
 def test_reports_render(exported, tmp_path):
