@@ -79,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     ver = sub.add_parser("verify", help="verify archives offline against a trust store")
     ver.add_argument("archives", nargs="+", type=Path)
     ver.add_argument("--json", action="store_true", help="one line per attestation, then one line per archive")
-    ver.add_argument("--workers", type=int, default=1)
+    ver.add_argument("--workers", type=_at_least_one, default=1, help="processes verifying in parallel (default 1)")
     ver.add_argument("--trust", type=Path, help="trust store JSON (what `parmana-lab keys --json` prints); default: the workspace's")
     ver.add_argument("--trust-archive-keys", action="store_true", help="also trust the archive's own keys.json (says so in the result)")
     ver.add_argument("--known-runtime", action="append", default=None, metavar="HASH",
@@ -112,6 +112,16 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--requests", type=Path)
     demo.set_defaults(func=cmd_demo)
     return p
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"needs a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"needs at least 1, not {value}")
+    return value
 
 
 def _line(obj: Any) -> None:

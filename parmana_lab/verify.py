@@ -429,6 +429,8 @@ def verify_archive(
     or a callable ``(done, total)`` for a display of your own (``total`` is the
     manifest's count, None when the manifest is unusable).
     """
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, not {workers}")
     with open_archive(path) as root:
         return _verify_tree(Path(path), root, trust_store, workers, progress, known_runtimes, trust_archive_keys, chunk_lines)
 

@@ -114,3 +114,4 @@ def test_usage_mistakes_are_coded_refusals_without_traceback(tmp_path):
         assert out.stderr.startswith(f"parmana-lab: [{code}@") and "Traceback" not in out.stderr, out.stderr
     assert json.loads(cli(*ws, "keys", "--json", check_code=0).stdout)["keys"][0]["revokedAt"] is None
     assert not (tmp_path / "out").exists()
+    assert "needs at least 1, not 0" in cli(*ws, "verify", str(tmp_path / "empty"), "--workers", "0", check_code=2).stderr

@@ -336,6 +336,12 @@ def test_verify_attestation_api(runtime):
     assert verify_attestation(None, store).code == "MALFORMED"  # any object at all: a verdict, never a TypeError
 
 
+def test_workers_must_be_at_least_one(exported):
+    path, store = exported
+    with pytest.raises(ValueError, match="at least 1"):
+        verify_archive(path, store, workers=0, progress=False)
+
+
 def test_reports_render(exported, tmp_path):
     path, store = exported
     bad = copy(path, tmp_path, "bad")
