@@ -319,18 +319,20 @@ def _confirm(number: int, line: bytes, signals_line: bytes | None, ctx: Context,
     if fast is None or bounds is None:
         ctx.prepare(pid, pver, key_id)
         return None
+    if not fast:
+        return None
+    bundle_hash, fp_prefix, conforms, first_match, decisions, states = fast
     decision, signature = obj["decision"], obj["signature"]
     prefix = b'{"executionId":%s,"signals":' % orjson.dumps(eid)
     if not (
-        fast
-        and bounds[0] <= issued < bounds[1]
+        bounds[0] <= issued < bounds[1]
         and issued < bounds[2]
         and _ISSUED_AT.fullmatch(issued)
         and obj["runtimeHash"] in ctx.fast_runtimes
         and ctx.artifact_ok(obj["evaluatorArtifactHash"])
         and type(obj["runtimeVersion"]) is str
         and type(obj["schemaVersion"]) is str
-        and fast[0] == obj["bundleHash"]
+        and bundle_hash == obj["bundleHash"]
         and len(signature) == 88 and signature[85] in "AQgw" and signature[86:] == "=="
         and signals_line.startswith(prefix)
         and signals_line[-1:] == b"}"
@@ -339,23 +341,32 @@ def _confirm(number: int, line: bytes, signals_line: bytes | None, ctx: Context,
     signals_jcs = signals_line[len(prefix):-1]
     if (
         sha256(signals_jcs).hexdigest() != obj["signalsHash"]
-        or sha256(fast[1] + signals_jcs + b"}").hexdigest() != obj["execution_fingerprint"]
+        or sha256(fp_prefix + signals_jcs + b"}").hexdigest() != obj["execution_fingerprint"]
     ):
         return None
     signals = orjson.loads(signals_jcs)
-    if type(signals) is not dict or not fast[2](signals):
+    if type(signals) is not dict or not conforms(signals):
         return None
-    rule = fast[3](signals)
-    if rule < 0 or fast[4][rule] != decision or fast[5][rule] != obj["execution_state"]:
+    rule = first_match(signals)
+    if rule < 0 or decisions[rule] != decision or states[rule] != obj["execution_state"]:
         return None
-    if decision["requires_override"] is not (fast[5][rule] == "pending_override"):
+    if decision["requires_override"] is not (states[rule] == "pending_override"):
         return None  # 1 == True in the comparison above; the wire wants a JSON boolean
+    pending.append((index, _signed_message(line, signature), key_id))
+    return (number, eid, pid, pver, decision["action"], obj["execution_fingerprint"], _ALL_VERIFIED, ())
+
+
+def _signed_message(line: bytes, signature: str) -> bytes:
+    """signature || PAE(line without its signature member), the bytes crypto_sign_open takes.
+
+    The signed payload is the canonical line minus ``,"signature":"…"``, which
+    sorts right before the last member; strict base64 refuses a signature that
+    only decodes under a lax reader.
+    """
     cut = line.rfind(_SIG_MARK)
     view = memoryview(line)
     head, tail = view[:cut], view[cut + _SIG_CUT:]
-    pending.append((index, b"".join((binascii.a2b_base64(signature, strict_mode=True), _PAE_PREFIX,
-                                     b"%d " % (len(head) + len(tail)), head, tail)), key_id))
-    return (number, eid, pid, pver, decision["action"], obj["execution_fingerprint"], _ALL_VERIFIED, ())
+    return b"".join((binascii.a2b_base64(signature, strict_mode=True), _PAE_PREFIX, b"%d " % (len(head) + len(tail)), head, tail))
 
 
 def _check_each(number: int, line: bytes, signals_line: bytes | None, ctx: Context,
@@ -375,11 +386,7 @@ def _check_each(number: int, line: bytes, signals_line: bytes | None, ctx: Conte
         key, sig = FAILED, NOT_CHECKABLE
         findings = [("KEY_UNKNOWN", "key", "a key in the trust store", f"signerKeyId {key_id}")]
     else:
-        cut = line.rfind(_SIG_MARK)
-        view = memoryview(line)
-        head, tail = view[:cut], view[cut + _SIG_CUT:]
-        pending.append((index, b"".join((binascii.a2b_base64(obj["signature"]), _PAE_PREFIX,
-                                         b"%d " % (len(head) + len(tail)), head, tail)), key_id))
+        pending.append((index, _signed_message(line, obj["signature"]), key_id))
         not_before, not_after, revoked = ctx.window(key_id)
         if not (not_before <= issued < not_after and issued < revoked):
             window = trusted.status_at(issued)  # which bound, for the finding

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from .archive import import_archive
-from .canonical import canonicalize, parse_json
-from .demo import describe, run_demo
-from .errors import CanonicalizationError, KeyStoreError, ParmanaError, PolicyError, RequestError
+from .canonical import canonicalize
+from .demo import describe, load_requests, run_demo
+from .errors import KeyStoreError, ParmanaError, PolicyError, RequestError
 from .keys import Keyring, TrustStore
 from .policy import PolicyStore
 from .provenance import runtime_info
@@ -133,14 +133,11 @@ def _requests(files: Sequence[Path]) -> Iterator[Any]:
     """Each request of each file in order; an unusable file yields its refusal in place."""
     for path in files:
         try:
-            data = parse_json(path.read_bytes())
-        except OSError as exc:
-            yield RequestError("VAL-001", "validate", f"cannot read {path}: {exc.strerror}")
+            requests = load_requests(path)
+        except RequestError as exc:
+            yield exc
             continue
-        except CanonicalizationError as exc:
-            yield RequestError("VAL-001", "validate", f"{path}: {exc.reason}")
-            continue
-        yield from data if isinstance(data, list) else [data]
+        yield from requests
 
 
 def cmd_run(args: argparse.Namespace) -> int:
