@@ -248,6 +248,9 @@ def cmd_export(args: argparse.Namespace) -> int:
             policy_id=policy_id or None, policy_version=policy_version or None,
         )
     print(f"exported {result.count} attestations to {result.path} ({result.format}, signals {'included' if result.signals else 'left out'})")
+    filters = [f"{name} {value}" for name, value in (("--policy", args.policy), ("--since", args.since), ("--until", args.until)) if value]
+    if not result.count and filters:
+        print(f"note: no attestation in the audit DB matches {', '.join(filters)}", file=sys.stderr)
     return EXIT_OK
 
 

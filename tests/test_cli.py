@@ -115,3 +115,5 @@ def test_usage_mistakes_are_coded_refusals_without_traceback(tmp_path):
     assert json.loads(cli(*ws, "keys", "--json", check_code=0).stdout)["keys"][0]["revokedAt"] is None
     assert not (tmp_path / "out").exists()
     assert "needs at least 1, not 0" in cli(*ws, "verify", str(tmp_path / "empty"), "--workers", "0", check_code=2).stderr
+    nothing = cli(*ws, "export", "--out", str(tmp_path / "none"), "--policy", "no-such-policy@9.9.9", check_code=0)
+    assert "exported 0 attestations" in nothing.stdout and "no attestation in the audit DB matches --policy" in nothing.stderr
