@@ -33,7 +33,7 @@ import duckdb
 from pydantic import BaseModel, ConfigDict
 
 from .attestation import pae, parse_attestation_line
-from .audit import ATTESTATION_COLUMNS, AuditDB, Registered, column, naive_utc
+from .audit import ATTESTATION_COLUMNS, AuditDB, Registered, column, first_line, naive_utc, storage_hint
 from .canonical import canonicalize, parse_json, quote
 from .errors import AuditStoreError, CanonicalizationError, ParmanaError
 from .keys import SigningKey, TrustStore
@@ -409,6 +409,11 @@ def import_archive(path: str | Path, db: AuditDB, *, clock: Clock = system_clock
             raise ArchiveError("ARC-005", f"{path} has no {ATTESTATIONS}")
         try:
             return _import(db, root, str(path), naive_utc(clock()), max(chunk_lines, 1))
+        except duckdb.Error as exc:  # a statement failed mid-chunk (commit failures are AUD-006 already)
+            raise AuditStoreError(
+                "AUD-006", "audit", f"importing {path} into {db.path} stopped: {first_line(exc)}; the chunk in progress was "
+                f"rolled back, earlier ones are committed, and importing again completes it{storage_hint(exc)}"
+            ) from None
         finally:
             with suppress(duckdb.Error, AuditStoreError), db.transaction() as con:  # scratch tables only
                 _drop(con, *_IMPORT_TABLES)

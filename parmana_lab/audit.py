@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .attestation import FIELDS
-from .errors import AuditStoreError
+from .errors import AuditStoreError, ParmanaError
 
 SCHEMA_VERSION = 1
 DECISION_FIELDS = ("action", "requires_override", "reason", "ruleId")
@@ -258,6 +258,22 @@ def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
         raise open_refusal(path, exc) from None
 
 
+def first_line(exc: BaseException) -> str:
+    """The gist of an error for a refusal's reason (DuckDB's messages run to many lines)."""
+    text = exc.reason if isinstance(exc, ParmanaError) else str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def storage_hint(exc: BaseException) -> str:
+    """What a person can do about a failed write, when the error says."""
+    text = str(exc)
+    if "No space left" in text or "File too large" in text or "Disk quota" in text:
+        return " (the disk or a file size limit is full: free space first)"
+    if "Read-only file system" in text or "Permission denied" in text:
+        return " (the workspace is not writable)"
+    return ""
+
+
 def open_refusal(path: Path, exc: duckdb.Error) -> AuditStoreError:
     """What DuckDB's failure to open (or ATTACH) an audit DB file means for a person."""
     text = str(exc)
@@ -302,7 +318,13 @@ class Registered:
 
     def __exit__(self, *exc: object) -> None:
         for name in self.frames:
-            self.con.unregister(name)
+            try:
+                self.con.unregister(name)
+            except duckdb.Error:
+                if exc[0] is None:
+                    raise
+                # the statement that failed aborted the transaction, so this fails too;
+                # the first error is the one that says what happened
 
 
 def reserve(

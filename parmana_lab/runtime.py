@@ -19,7 +19,7 @@ from . import audit
 from ._gc import cyclic_gc_paused
 from .archive import ExportResult, export_archive
 from .attestation import ExecutionAttestation, seal
-from .audit import AuditDB
+from .audit import AuditDB, first_line, storage_hint
 from .canonical import canonical_hash, canonicalize, fingerprint_payload, sha256_hex
 from .errors import AuditStoreError, ParmanaError, PolicyError, ReplayError, RequestError
 from .evaluate import Decision, decide
@@ -196,7 +196,7 @@ class Runtime:
             refused = audit.reserve(self.db, candidates, policies, refusals, now=now, ttl=self.reservation_ttl)
         except (duckdb.Error, AuditStoreError) as exc:
             raise ReplayError(
-                "INV-REPLAY-001", "replay", f"no usable replay store in {self.db.path} ({_first_line(exc)}); execution refused"
+                "INV-REPLAY-001", "replay", f"no usable replay store in {self.db.path} ({first_line(exc)}); execution refused"
             ) from None
         signed: list[tuple[_Pending, dict[str, Any], tuple]] = []
         templates: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
@@ -279,8 +279,8 @@ class Runtime:
             except (duckdb.Error, AuditStoreError):
                 pass  # the reservation then simply expires
             raise AuditStoreError(
-                "AUD-006", "audit", f"could not record {len(signed)} attestation(s) in {self.db.path}: {_first_line(exc)}; "
-                f"nothing was returned and they can be retried{_storage_hint(str(exc))}"
+                "AUD-006", "audit", f"could not record {len(signed)} attestation(s) in {self.db.path}: {first_line(exc)}; "
+                f"nothing was returned and they can be retried{storage_hint(exc)}"
             ) from None
 
     def _record_refusals(self, refusals: list[tuple]) -> None:
@@ -310,14 +310,3 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = exc.reason if isinstance(exc, ParmanaError) else str(exc)
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _storage_hint(text: str) -> str:
-    if "No space left" in text or "File too large" in text or "Disk quota" in text:
-        return " (the disk or a file size limit is full: free space first)"
-    if "Read-only file system" in text or "Permission denied" in text:
-        return " (the workspace is not writable)"
-    return ""

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from parmana_lab import AuditDB, Keyring, Runtime, verify_attestation
+from parmana_lab import AuditDB, AuditStoreError, Keyring, Runtime, verify_attestation
+from parmana_lab.archive import import_archive
 
 from .conftest import FakeClock, claims_request
 from .crash_child import request_for
@@ -181,6 +182,45 @@ def test_cli_on_a_full_disk_prints_a_refusal_not_a_traceback(tmp_path, policy_di
     out = cli("--workspace", ws, "run", "--json", "--policies", policy_dir, requests, preexec_fn=full_disk)
     assert out.returncode == 2 and "[AUD-006@audit]" in out.stderr and "Traceback" not in out.stderr, out.stderr
     assert assert_consistent(ws, out.stdout.splitlines()) == len(out.stdout.splitlines())
+
+
+def test_import_on_a_full_disk_is_refused_and_completed_by_importing_again(tmp_path, policy_dir):
+    with Runtime(tmp_path / "producer", policies=policy_dir) as rt:
+        rt.execute_many([request_for(0, i) for i in range(3000)])
+        archive = rt.export_archive(tmp_path / "archive").path
+    ws = tmp_path / "ws"
+    Runtime(ws, policies=policy_dir).close()
+    limit = (ws / "audit.duckdb").stat().st_size + 300_000
+
+    def full_disk() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    out = cli("--workspace", ws, "import", archive, "--json", preexec_fn=full_disk)
+    assert out.returncode == 2 and "[AUD-006@audit]" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    again = cli("--workspace", ws, "import", archive, "--json")
+    assert again.returncode == 0, again.stderr
+    result = json.loads(again.stdout)
+    assert result["conflicts"] == [] and result["inserted"] + result["already_present"] == 3000
+    with AuditDB(ws / "audit.duckdb") as db:
+        assert db.count() == db.count("signals") == 3000
+
+
+def test_import_stopped_by_duckdb_mid_chunk_says_why_and_is_completed_by_importing_again(tmp_path, policy_dir):
+    """A statement failing inside a chunk (here DuckDB out of memory under a tiny cap) is AUD-006 naming
+    the first error, not the "transaction is aborted" that any later statement would report."""
+    with Runtime(tmp_path / "producer", policies=policy_dir) as rt:
+        rt.execute_many([request_for(0, i) for i in range(3000)])
+        archive = rt.export_archive(tmp_path / "archive").path
+    with AuditDB(tmp_path / "audit.duckdb") as db:
+        db.connection.execute("SET memory_limit = '1MB'")
+        with pytest.raises(AuditStoreError) as info:
+            import_archive(archive, db, chunk_lines=1000)
+        assert info.value.code == "AUD-006" and "Out of Memory" in info.value.reason and "importing again" in info.value.reason
+        db.connection.execute("RESET memory_limit")
+        result = import_archive(archive, db, chunk_lines=1000)
+        assert result.conflicts == [] and result.inserted + result.already_present == 3000
+        assert db.count() == db.count("signals") == 3000
 
 
 # -- a read-only workspace ----------------------------------------------------------------------
