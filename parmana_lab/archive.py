@@ -408,8 +408,7 @@ def import_archive(path: str | Path, db: AuditDB, *, clock: Clock = system_clock
         if not (root / ATTESTATIONS).is_file():
             raise ArchiveError("ARC-005", f"{path} has no {ATTESTATIONS}")
         try:
-            with _memory_capped(db.connection, IMPORT_MEMORY_LIMIT):
-                return _import(db, root, str(path), naive_utc(clock()), max(chunk_lines, 1))
+            return _import(db, root, str(path), naive_utc(clock()), max(chunk_lines, 1))
         except duckdb.Error as exc:  # a statement failed mid-chunk (commit failures are AUD-006 already)
             raise AuditStoreError(
                 "AUD-006", "audit", f"importing {path} into {db.path} stopped: {first_line(exc)}; the chunk in progress was "
@@ -418,36 +417,6 @@ def import_archive(path: str | Path, db: AuditDB, *, clock: Clock = system_clock
         finally:
             with suppress(duckdb.Error, AuditStoreError), db.transaction() as con:  # scratch tables only
                 _drop(con, *_IMPORT_TABLES)
-
-
-# DuckDB may cache up to 80% of RAM by default, and a long import kept what it
-# cached: 300,000 lines peaked at 1.18 GB RSS, 0.49 GB under this cap (~5% slower),
-# 1,000,000 lines at 0.63 GB; what needs more spills next to the DB file.
-IMPORT_MEMORY_LIMIT = 256 * 10**6  # bytes
-_UNITS = {"bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40, "PiB": 2**50}
-
-
-@contextmanager
-def _memory_capped(con: duckdb.DuckDBPyConnection, limit: int) -> Iterator[None]:
-    """Lower DuckDB's memory limit for one import (never raise one set lower), then put it back."""
-    (previous,), = con.execute("SELECT current_setting('memory_limit')").fetchall()
-    number, _, unit = previous.partition(" ")
-    try:
-        lowered = float(number) * _UNITS[unit] > limit
-    except (ValueError, KeyError):  # a form this kit does not know: leave the setting alone
-        lowered = False
-    if lowered:
-        con.execute(f"SET memory_limit = '{limit // 1000}KB'")
-    try:
-        yield
-    finally:
-        if lowered:  # back to DuckDB's default exactly, or to the caller's setting (as DuckDB prints it)
-            con.execute("RESET memory_limit" if previous == _default_memory_limit() else f"SET memory_limit = '{previous}'")
-
-
-def _default_memory_limit() -> str:
-    with duckdb.connect() as fresh:
-        return fresh.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
 
 
 _IMPORT_TABLES = ("import_seen", "import_signals", "import_chunk")  # import_chunk is replaced chunk by chunk

@@ -223,25 +223,6 @@ def test_import_stopped_by_duckdb_mid_chunk_says_why_and_is_completed_by_importi
         assert db.count() == db.count("signals") == 3000
 
 
-def test_import_caps_duckdb_memory_while_it_runs_and_puts_the_setting_back(tmp_path, policy_dir):
-    from parmana_lab.archive import IMPORT_MEMORY_LIMIT, _memory_capped
-
-    with Runtime(tmp_path / "producer", policies=policy_dir) as rt:
-        rt.execute_many([request_for(0, i) for i in range(50)])
-        archive = rt.export_archive(tmp_path / "archive").path
-    with AuditDB(tmp_path / "audit.duckdb") as db:
-        setting = lambda: db.connection.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]  # noqa: E731
-        default = setting()
-        with _memory_capped(db.connection, IMPORT_MEMORY_LIMIT):
-            assert setting() == "244.1 MiB"  # 256 MB
-        import_archive(archive, db)
-        assert setting() == default
-        db.connection.execute("SET memory_limit = '100MB'")  # the caller's own, lower limit is kept
-        with _memory_capped(db.connection, IMPORT_MEMORY_LIMIT):
-            assert setting() == "95.3 MiB"
-        assert import_archive(archive, db).already_present == 50 and setting() == "95.3 MiB"
-
-
 # -- a read-only workspace ----------------------------------------------------------------------
 
 
