@@ -412,7 +412,7 @@ def import_archive(path: str | Path, db: AuditDB, *, clock: Clock = system_clock
         except duckdb.Error as exc:  # a statement failed mid-chunk (commit failures are AUD-006 already)
             raise AuditStoreError(
                 "AUD-006", "audit", f"importing {path} into {db.path} stopped: {first_line(exc)}; the chunk in progress was "
-                f"rolled back, earlier ones are committed, and importing again completes it{storage_hint(exc)}"
+                f"rolled back, earlier ones are committed, and importing again once that is fixed completes it{storage_hint(exc)}"
             ) from None
         finally:
             with suppress(duckdb.Error, AuditStoreError), db.transaction() as con:  # scratch tables only
