@@ -23,7 +23,7 @@ from ._gc import cyclic_gc_paused
 from .attestation import _HEX, _ISSUED_AT, _PAE_PREFIX, parse_attestation_line
 from .canonical import canonicalize, fingerprint_payload, parse_json
 from .errors import CanonicalizationError, ParmanaError
-from .evaluate import decide_index, rule_matcher
+from .evaluate import rule_matcher
 from .keys import TrustedKey, TrustStore
 from .merkle import MerkleBuilder
 from .policy import Policy, parse_policy
@@ -482,7 +482,7 @@ def _decision_mismatch(entry: PolicyEntry, signals: dict[str, Any], attested: di
     policy = entry.policy
     try:
         validate_signals(signals, policy)
-        index = decide_index(policy, signals)
+        index = rule_matcher(policy)(signals)
     except ParmanaError as exc:
         return (f"{attested['action']} by rule {attested['ruleId']}", f"refused: {exc}")
     claimed = (attested["action"], attested["requires_override"], attested["reason"], attested["ruleId"], state)

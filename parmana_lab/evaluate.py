@@ -54,13 +54,8 @@ def decide(policy: Policy, signals: dict[str, Any]) -> Decision:
     return decisions[index]
 
 
-def decide_index(policy: Policy, signals: dict[str, Any]) -> int:
-    """Index of the first matching rule, or -1: evaluation without building a Decision."""
-    return _compiled(policy)[0](signals)
-
-
 def rule_matcher(policy: Policy) -> Callable[[dict[str, Any]], int]:
-    """The policy's compiled rules: signals -> index of the first matching rule, or -1."""
+    """The policy's compiled rules: signals -> index of the first matching rule, or -1 (no Decision built)."""
     return _compiled(policy)[0]
 
 
