@@ -31,7 +31,8 @@ _EXPORTS = {
     "ExecutionAttestation": ".attestation",
     "ExecutionRequest": ".validation",
     "ExportResult": ".archive",
-    "ImportResult": ".archive",
+    "ImportRefused": ".imports",
+    "ImportResult": ".imports",
     "KeyStoreError": ".errors",
     "Keyring": ".keys",
     "ParmanaError": ".errors",
@@ -59,7 +60,7 @@ _EXPORTS = {
     "reproduce": ".reproducibility",
     "ReproReport": ".reproducibility",
     "ReplayReport": ".replays",
-    "import_archive": ".archive",
+    "import_archive": ".imports",
     "load_policy_file": ".policy",
     "open_archive": ".archive",
     "pae": ".attestation",
@@ -90,6 +91,7 @@ __all__ = [
     "ExecutionAttestation",
     "ExecutionRequest",
     "ExportResult",
+    "ImportRefused",
     "ImportResult",
     "KeyStoreError",
     "Keyring",
@@ -152,7 +154,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from .archive import ArchiveError, ArchiveManifest, ExportResult, ImportResult, export_archive, import_archive, open_archive
+    from .archive import ArchiveError, ArchiveManifest, ExportResult, export_archive, open_archive
     from .attestation import ATTESTATION_TYPE, ExecutionAttestation, pae, signing_message, to_dsse, verify_signature
     from .audit import AuditDB
     from .canonical import canonical_hash, canonicalize, parse_json
@@ -167,6 +169,7 @@ if TYPE_CHECKING:
         RequestError,
     )
     from .evaluate import Decision, evaluate
+    from .imports import ImportRefused, ImportResult, import_archive
     from .keys import Keyring, SigningKey, TrustedKey, TrustStore
     from .policy import Policy, PolicyStore, load_policy_file, parse_policy
     from .provenance import (

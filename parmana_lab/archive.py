@@ -25,17 +25,16 @@ import tarfile
 import tempfile
 import zipfile
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import contextmanager, nullcontext
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-import duckdb
 from pydantic import BaseModel, ConfigDict
 
-from .attestation import pae, parse_attestation_line
-from .audit import ATTESTATION_COLUMNS, AuditDB, Registered, column, first_line, naive_utc, storage_hint
-from .canonical import canonicalize, parse_json, quote
-from .errors import AuditStoreError, CanonicalizationError, ParmanaError
+from .attestation import pae
+from .audit import AuditDB
+from .canonical import canonicalize, quote
+from .errors import ParmanaError
 from .keys import SigningKey, TrustStore
 from .merkle import MerkleBuilder
 from .provenance import RuntimeManifest, runtime_hash, runtime_manifest
@@ -239,6 +238,21 @@ def _pack(tree: Path, target: Path, format: str) -> None:
 # -- opening -----------------------------------------------------------------------------
 
 
+def require_attestations(root: Path, source: str | Path) -> Path:
+    """The archive's attestations.jsonl, or ARC-005 saying what the folder holds instead."""
+    path = root / ATTESTATIONS
+    if path.is_file():
+        return path
+    inner = [p for p in root.iterdir() if not p.name.startswith(".")] if root.is_dir() else []
+    if len(inner) == 1 and (inner[0] / ATTESTATIONS).is_file():
+        raise ArchiveError("ARC-005", f"{source} holds one folder, {inner[0].name}/, with the archive inside: it was packed one "
+                           f"level too deep. Pack the folder's contents (manifest.json at the top), or pass that folder")
+    if not inner:
+        raise ArchiveError("ARC-005", f"{source} is empty: no {ATTESTATIONS}, no manifest; is this an export?")
+    raise ArchiveError("ARC-005", f"{source} has no {ATTESTATIONS}; is this a parmana archive?")
+
+
+
 @contextmanager
 def open_archive(path: str | Path, *, max_bytes: int = MAX_TOTAL_BYTES) -> Iterator[Path]:
     """Yield a directory holding the archive's tree; containers are unpacked safely first."""
@@ -368,7 +382,8 @@ def iter_line_blocks(path: Path, *, max_line: int = MAX_LINE_BYTES, digest: Any 
             carry = lines.pop()
             if len(carry) > max_line or (lines and max(map(len, lines)) > max_line):
                 long = next((i for i, line in enumerate(lines) if len(line) > max_line), len(lines))
-                raise ArchiveError("ARC-006", f"{path.name} line {done + long + 1} is longer than {max_line} bytes")
+                raise ArchiveError("ARC-006", f"{path.name} line {done + long + 1} is longer than {max_line:,} bytes"
+                                   f"{' (1 MiB, the most one record may take)' if max_line == MAX_LINE_BYTES else ''}")
             done += len(lines)
             if lines:
                 yield lines
@@ -380,173 +395,3 @@ def iter_lines(path: Path, *, max_line: int = MAX_LINE_BYTES, digest: Any = None
     """Lines without their newline, one at a time (see iter_line_blocks)."""
     for lines in iter_line_blocks(path, max_line=max_line, digest=digest):
         yield from lines
-
-
-# -- import -------------------------------------------------------------------------------
-
-
-class ImportResult(BaseModel):
-    """What an import did; conflicts are records that differ from what the DB already holds."""
-
-    archive: str
-    inserted: int
-    already_present: int
-    conflicts: list[dict[str, Any]]
-    malformed: list[dict[str, Any]]
-    policies_added: int
-
-
-def import_archive(path: str | Path, db: AuditDB, *, clock: Clock = system_clock, chunk_lines: int = 20_000) -> ImportResult:
-    """Load an archive into an audit DB; the same record twice is one row, a different record under
-    an existing executionId is reported and never overwritten.
-
-    Streams ``chunk_lines`` lines at a time, each chunk committed with its
-    signals: memory stays bounded on million-line archives, and an interrupted
-    import is completed by importing again (records already present are skipped).
-    """
-    with open_archive(path) as root:
-        if not (root / ATTESTATIONS).is_file():
-            raise ArchiveError("ARC-005", f"{path} has no {ATTESTATIONS}")
-        try:
-            return _import(db, root, str(path), naive_utc(clock()), max(chunk_lines, 1))
-        except duckdb.Error as exc:  # a statement failed mid-chunk (commit failures are AUD-006 already)
-            raise AuditStoreError(
-                "AUD-006", "audit", f"importing {path} into {db.path} stopped: {first_line(exc)}; the chunk in progress was "
-                f"rolled back, earlier ones are committed, and importing again once that is fixed completes it{storage_hint(exc)}"
-            ) from None
-        finally:
-            with suppress(duckdb.Error, AuditStoreError), db.transaction() as con:  # scratch tables only
-                _drop(con, *_IMPORT_TABLES)
-
-
-_IMPORT_TABLES = ("import_seen", "import_signals", "import_chunk")  # import_chunk is replaced chunk by chunk
-
-
-def _import(db: AuditDB, root: Path, archive: str, imported_at, chunk_lines: int) -> ImportResult:
-    conflicts: list[dict[str, Any]] = []
-    with db.transaction() as con:  # policies first: no record is ever in the DB without the policy it names
-        added_policies = 0
-        for pid, pver, bundle_hash, document in _read_policies(root):
-            known = con.execute("SELECT bundleHash FROM policies WHERE policyId = ? AND policyVersion = ?", [pid, pver]).fetchall()
-            if not known:
-                con.execute("INSERT INTO policies VALUES (?, ?, ?, ?, ?)", [pid, pver, bundle_hash, document, imported_at])
-                added_policies += 1
-            elif known[0][0] != bundle_hash:
-                conflicts.append({"policy": f"{pid}@{pver}", "with": "a different document already in the audit DB"})
-        con.execute("CREATE OR REPLACE TEMP TABLE import_seen (executionId VARCHAR, line BIGINT, digest VARCHAR)")
-        con.execute("CREATE OR REPLACE TEMP TABLE import_signals (n BIGINT, executionId VARCHAR, signals VARCHAR)")
-        for first, lines in _chunks(iter_lines(root / SIGNALS), chunk_lines) if (root / SIGNALS).is_file() else ():
-            _stage_signals(con, first, lines)
-        # the first usable signals line of an execution wins, as its first attestation line does
-        con.execute("CREATE OR REPLACE TEMP TABLE import_signals AS SELECT executionId, signals FROM import_signals "
-                    "QUALIFY row_number() OVER (PARTITION BY executionId ORDER BY n) = 1")
-    malformed: list[dict[str, Any]] = []
-    inserted = present = 0
-    for first, lines in _chunks(iter_lines(root / ATTESTATIONS), chunk_lines):
-        rows = []
-        for number, line in enumerate(lines, start=first):
-            att, problem = parse_attestation_line(line)
-            if problem is not None:
-                malformed.append({"line": number, "reason": problem})
-                continue
-            d = att["decision"]
-            rows.append((
-                number, att["executionId"], att["execution_fingerprint"], att["policyId"], att["policyVersion"],
-                att["schemaVersion"], att["runtimeVersion"], att["runtimeHash"], att["evaluatorArtifactHash"],
-                att["signalsHash"], att["bundleHash"], d["action"], d["requires_override"], d["reason"], d["ruleId"],
-                att["execution_state"], att["issuedAt"], att["signerKeyId"], att["signature"], line.decode("utf-8"),
-            ))
-        if rows:
-            with db.transaction() as con:
-                added, same, clashes = _import_chunk(con, rows)
-            inserted, present = inserted + added, present + same
-            conflicts += clashes
-    return ImportResult(archive=archive, inserted=inserted, already_present=present, conflicts=conflicts, malformed=malformed,
-                        policies_added=added_policies)
-
-
-def _drop(con, *tables: str) -> None:
-    """Drop scratch tables; after a failed statement the rollback that follows discards them anyway."""
-    try:
-        for table in tables:
-            con.execute(f"DROP TABLE IF EXISTS {table}")
-    except duckdb.Error:
-        pass
-
-
-def _chunks(lines: Iterator[bytes], size: int) -> Iterator[tuple[int, list[bytes]]]:
-    """(number of the first line, up to ``size`` lines) at a time."""
-    chunk: list[bytes] = []
-    first = 1
-    for line in lines:
-        chunk.append(line)
-        if len(chunk) == size:
-            yield first, chunk
-            first, chunk = first + size, []
-    if chunk:
-        yield first, chunk
-
-
-def _import_chunk(con, rows: list[tuple]) -> tuple[int, int, list[dict[str, Any]]]:
-    """Insert one chunk's new records and their signals; returns (inserted, already present, conflicts)."""
-    incoming = dict(zip(("line", *ATTESTATION_COLUMNS[1:]), (column(c) for c in zip(*rows))))
-    with Registered(con, incoming=incoming):
-        con.execute("CREATE OR REPLACE TEMP TABLE import_chunk AS SELECT *, sha256(canonical) AS digest FROM incoming")
-    # a line that repeats an executionId met earlier in the archive: the same record is skipped, another one reported
-    repeats = con.execute(
-        """
-        WITH firsts AS (
-            SELECT * FROM (SELECT executionId, line, digest FROM import_seen
-                           UNION ALL SELECT executionId, line, digest FROM import_chunk)
-            QUALIFY row_number() OVER (PARTITION BY executionId ORDER BY line) = 1
-        )
-        SELECT c.line, c.executionId, c.digest <> f.digest FROM import_chunk c JOIN firsts f USING (executionId)
-        WHERE c.line <> f.line ORDER BY c.line
-        """
-    ).fetchall()
-    conflicts = [{"executionId": eid, "line": line, "with": "an earlier line of the archive"}
-                 for line, eid, differs in repeats if differs]
-    con.execute(
-        "DELETE FROM import_chunk WHERE line IN (SELECT unnest(?::BIGINT[]))", [[line for line, _, _ in repeats]]
-    )
-    con.execute("INSERT INTO import_seen SELECT executionId, line, digest FROM import_chunk")
-    clash = con.execute(
-        "SELECT i.line, i.executionId, a.canonical = i.canonical FROM import_chunk i JOIN attestations a USING (executionId) "
-        "ORDER BY i.line"
-    ).fetchall()
-    conflicts += [{"executionId": eid, "line": line, "with": "the record already in the audit DB"}
-                  for line, eid, same in clash if not same]
-    present = sum(1 for _, _, same in clash if same)
-    columns = ", ".join(ATTESTATION_COLUMNS[1:])
-    con.execute("DELETE FROM import_chunk WHERE executionId IN (SELECT executionId FROM attestations)")
-    seq = con.execute("SELECT coalesce(max(seq), 0) FROM attestations").fetchall()[0][0]
-    added = con.execute(f"INSERT INTO attestations SELECT ? + row_number() OVER (ORDER BY line), {columns} FROM import_chunk",
-                        [seq]).fetchall()[0][0]
-    con.execute("INSERT INTO signals SELECT executionId, signals FROM import_signals SEMI JOIN import_chunk USING (executionId)")
-    return added, present, conflicts
-
-
-def _stage_signals(con, first: int, lines: list[bytes]) -> None:
-    staged = []
-    for n, line in enumerate(lines, start=first):
-        try:
-            item = parse_json(line)
-            if type(item["executionId"]) is str and item["signals"] is not None:
-                staged.append((n, item["executionId"], canonicalize(item["signals"]).decode("utf-8")))
-        except (CanonicalizationError, KeyError, TypeError):
-            continue  # unusable signals only make re-execution impossible later
-    if staged:
-        with Registered(con, staged=dict(zip(("n", "executionId", "signals"), (column(c) for c in zip(*staged))))):
-            con.execute("INSERT INTO import_signals SELECT n, executionId, signals FROM staged")
-
-
-def _read_policies(root: Path) -> list[tuple[str, str, str, str]]:
-    out = []
-    for path in sorted((root / POLICIES).glob("*/*/policy.json")) if (root / POLICIES).is_dir() else ():
-        try:
-            document = parse_json(path.read_bytes())
-            canonical = canonicalize(document)
-        except CanonicalizationError:
-            continue
-        out.append((path.parent.parent.name, path.parent.name, hashlib.sha256(canonical).hexdigest(), canonical.decode()))
-    return out

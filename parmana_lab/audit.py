@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -26,7 +27,7 @@ import pandas as pd
 from .attestation import FIELDS
 from .errors import AuditStoreError, ParmanaError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DECISION_FIELDS = ("action", "requires_override", "reason", "ruleId")
 # every attestation member as a column (decision flattened), in wire order, then the canonical JSON
 ATTESTATION_COLUMNS = (
@@ -94,13 +95,33 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         );
         """,
     ),
+    (
+        # v2: every timestamp is TIMESTAMPTZ (UTC); issuedAt also typed, for analysis (the text stays the signed truth);
+        # import_status tells this runtime's own records (NULL) from imported ones ('verified' / 'unverified')
+        2,
+        """
+        ALTER TABLE attestations ADD COLUMN issued_at TIMESTAMPTZ;
+        UPDATE attestations SET issued_at = CAST(issuedAt AS TIMESTAMPTZ);
+        ALTER TABLE attestations ADD COLUMN import_status VARCHAR;
+        ALTER TABLE replay ALTER COLUMN reserved_at TYPE TIMESTAMPTZ;
+        ALTER TABLE replay ALTER COLUMN expires_at TYPE TIMESTAMPTZ;
+        ALTER TABLE replay ALTER COLUMN updated_at TYPE TIMESTAMPTZ;
+        ALTER TABLE refusals ALTER COLUMN refused_at TYPE TIMESTAMPTZ;
+        ALTER TABLE policies ALTER COLUMN first_used_at TYPE TIMESTAMPTZ;
+        ALTER TABLE policies ADD COLUMN import_status VARCHAR;
+        ALTER TABLE schema_migrations ALTER COLUMN applied_at TYPE TIMESTAMPTZ;
+        """,
+    ),
 )
+# what an insert writes: the wire columns, then issued_at derived from issuedAt
+INSERT_COLUMNS = (*ATTESTATION_COLUMNS, "issued_at")
 
 _LOCK_PID = re.compile(r"\(PID (\d+)\)")
 
 
-def naive_utc(moment: datetime) -> datetime:
-    return moment.astimezone(timezone.utc).replace(tzinfo=None) if moment.tzinfo else moment
+def utc(moment: datetime) -> datetime:
+    """An aware UTC datetime (a naive one is taken as UTC), as every TIMESTAMPTZ column holds."""
+    return moment.astimezone(timezone.utc) if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def is_duckdb_file(path: Path) -> bool:
@@ -110,6 +131,9 @@ def is_duckdb_file(path: Path) -> bool:
             return fh.read(12)[8:12] == b"DUCK"
     except OSError:
         return False
+
+
+_OPEN: weakref.WeakValueDictionary[Path, AuditDB] = weakref.WeakValueDictionary()
 
 
 class AuditDB:
@@ -127,6 +151,7 @@ class AuditDB:
             self._migrate()
         else:
             self._check_version()
+        _OPEN[self.path.resolve()] = self  # DuckDB lets one process open a file once: readers reuse this
 
     def __repr__(self) -> str:
         return f"AuditDB({str(self.path)!r})"
@@ -181,10 +206,10 @@ class AuditDB:
         if not pending:
             return
         with self.transaction() as con:
-            con.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMP NOT NULL)")
+            con.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)")
             for v, sql in pending:
                 con.execute(sql)
-                con.execute("INSERT INTO schema_migrations VALUES (?, ?)", [v, naive_utc(datetime.now(timezone.utc))])
+                con.execute("INSERT INTO schema_migrations VALUES (?, ?)", [v, utc(datetime.now(timezone.utc))])
 
     # -- transactions ----------------------------------------------------------------
 
@@ -227,6 +252,60 @@ class AuditDB:
 
 
 
+def open_in_process(source: Any) -> AuditDB | None:
+    """The open AuditDB that ``source`` is or names (an AuditDB, anything with a ``.db``, or its path), if any.
+
+    DuckDB refuses a second handle on a file this process already holds, so a
+    report over the audit DB of an open Runtime reads through that Runtime's.
+    """
+    db = getattr(source, "db", source)
+    if isinstance(db, AuditDB):
+        return db if db._con is not None else None
+    if isinstance(source, (str, Path)):
+        try:
+            found = _OPEN.get(Path(source).resolve())
+        except OSError:
+            return None
+        return found if found is not None and found._con is not None else None
+    return None
+
+
+def source_name(source: Any) -> str:
+    """How a report names a source: the path as given (an open AuditDB or Runtime: its DB's path)."""
+    db = None if isinstance(source, (str, Path)) else open_in_process(source)
+    return str(db.path) if db is not None else str(source)
+
+
+@contextmanager
+def reading(source: Any) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection to read an audit DB: a cursor on this process's open handle, else a read-only open of the file.
+
+    A DuckDB file that is not an audit DB (no attestations table) is AUD-002.
+    """
+    db = open_in_process(source)
+    if db is not None:
+        con = db.connection.cursor()
+        con.execute("SET TimeZone = 'UTC'")
+    else:
+        con = connect(Path(source), read_only=True)
+    try:
+        require_audit_tables(con, db.path if db is not None else Path(source))
+        yield con
+    finally:
+        con.close()
+
+
+def require_audit_tables(con: duckdb.DuckDBPyConnection, path: Path, schema: str | None = None) -> None:
+    """AUD-002 unless the database holds the audit tables a reader needs."""
+    where = f"table_catalog = '{schema}' AND " if schema else ""
+    names = {r[0] for r in con.execute(
+        f"SELECT table_name FROM information_schema.tables WHERE {where}table_name IN ('attestations', 'policies', 'signals')"
+    ).fetchall()}
+    if names != {"attestations", "policies", "signals"}:
+        missing = ", ".join(sorted({"attestations", "policies", "signals"} - names))
+        raise AuditStoreError("AUD-002", "audit", f"{path} is a DuckDB file but not a parmana audit database (no {missing} table)")
+
+
 def connect(path: Path, *, read_only: bool = False, wait: float = 0.0) -> duckdb.DuckDBPyConnection:
     """Open a DuckDB file with the kit's refusals (AUD-001 in use, AUD-002 not a DB, AUD-004 cannot open),
     retrying while another process holds its lock, up to ``wait`` seconds."""
@@ -253,9 +332,11 @@ def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
         except OSError as exc:
             raise AuditStoreError("AUD-004", "audit", f"cannot create {path.parent}: {exc.strerror}") from None
     try:
-        return duckdb.connect(str(path), read_only=read_only)
+        con = duckdb.connect(str(path), read_only=read_only)
     except duckdb.Error as exc:
         raise open_refusal(path, exc) from None
+    con.execute("SET TimeZone = 'UTC'")  # TIMESTAMPTZ values come back, and print, in UTC
+    return con
 
 
 def first_line(exc: BaseException) -> str:
@@ -292,7 +373,7 @@ def open_refusal(path: Path, exc: duckdb.Error) -> AuditStoreError:
 
 
 def expiry(now: datetime, seconds: float) -> datetime:
-    return naive_utc(now) + timedelta(seconds=seconds)
+    return utc(now) + timedelta(seconds=seconds)
 
 
 # -- replay store and recording ---------------------------------------------------------
@@ -335,6 +416,7 @@ def reserve(
     *,
     now: datetime,
     ttl: float,
+    clock: Any = None,
 ) -> dict[int, tuple[str, str]]:
     """Transaction 1: reserve fingerprints, register policies, record refusals.
 
@@ -343,7 +425,7 @@ def reserve(
     Returns {candidate index: (code, reason)} for the ones refused; their
     refusals are recorded in the same transaction, as are ``refusals``.
     """
-    at = naive_utc(now)
+    at = utc(now)
     fps, ids, keys = zip(*candidates) if candidates else ((), (), ())
     cand = {"i": np.arange(len(fps), dtype=np.int64), "execution_fingerprint": column(fps), "executionId": column(ids)}
     with db.transaction() as con:
@@ -375,9 +457,10 @@ def reserve(
                     if picked:
                         with Registered(con, pick={"i": np.array(picked, dtype=np.int64)}):
                             con.execute(insert.format(verb) + " SEMI JOIN pick USING (i)", times)
+        decided = clock() if clock is not None and refused else now  # when these refusals happened
         for i, (code, reason) in refused.items():
             pid, pver = keys[i]
-            refusals.append((now, code, "replay" if code.startswith("INV") else "policy", reason, fps[i], pid, pver, ids[i]))
+            refusals.append((decided, code, "replay" if code.startswith("INV") else "policy", reason, fps[i], pid, pver, ids[i]))
         _insert_refusals(con, refusals)
     return refused
 
@@ -389,7 +472,8 @@ def _register_policies(con, policies: dict[tuple[str, str], tuple[str, str]], at
         rows = con.execute("SELECT bundleHash FROM policies WHERE policyId = ? AND policyVersion = ?", [pid, pver]).fetchall()
         row = rows[0] if rows else None
         if row is None:
-            con.execute("INSERT INTO policies VALUES (?, ?, ?, ?, ?)", [pid, pver, bundle_hash, document, at])
+            con.execute("INSERT INTO policies (policyId, policyVersion, bundleHash, document, first_used_at) VALUES (?, ?, ?, ?, ?)",
+                        [pid, pver, bundle_hash, document, at])
         elif row[0] != bundle_hash:
             changed[(pid, pver)] = (
                 "POL-022",
@@ -402,7 +486,7 @@ def _register_policies(con, policies: dict[tuple[str, str], tuple[str, str]], at
 def _insert_refusals(con, refusals: list[tuple]) -> None:
     if not refusals:
         return
-    rows = [(naive_utc(r[0]), *r[1:]) for r in refusals]
+    rows = [(utc(r[0]), *r[1:]) for r in refusals]
     with Registered(con, new_refusals=_frame(REFUSAL_COLUMNS, rows)):
         con.execute("INSERT INTO refusals SELECT * FROM new_refusals")
 
@@ -414,15 +498,17 @@ def record_refusals(db: AuditDB, refusals: list[tuple]) -> None:
             _insert_refusals(con, refusals)
 
 
-def confirm(db: AuditDB, templates: list[dict[str, Any]], rows: list[tuple], *, now: datetime) -> None:
+def confirm(db: AuditDB, templates: list[dict[str, Any]], rows: list[tuple], *, now: datetime,
+            refusals: Sequence[tuple] = ()) -> None:
     """Transaction 2: record attestations and their signals, mark fingerprints CONFIRMED.
 
     Fields shared by many attestations (policy, runtime, decision, key) come
     once per ``templates`` entry; each row of ``rows`` is (template index,
     executionId, execution_fingerprint, signalsHash, issuedAt, signature,
-    canonical attestation, canonical signals).
+    canonical attestation, canonical signals). ``refusals`` are recorded in the
+    same transaction (replays of these very executions within their batch).
     """
-    at = naive_utc(now)
+    at = utc(now)
     shared = {
         "tpl": np.arange(len(templates), dtype=np.int64),
         **{name: column([t[name] for t in templates]) for name in _SHARED_FIELDS},
@@ -434,7 +520,8 @@ def confirm(db: AuditDB, templates: list[dict[str, Any]], rows: list[tuple], *, 
         new_rows = {"seq": np.arange(start, start + len(rows), dtype=np.int64), **dict(zip(_ROW_FIELDS, columns))}
         with Registered(con, new_rows=new_rows, templates=shared):
             con.execute(
-                f"INSERT INTO attestations SELECT {', '.join(_select_column(c) for c in ATTESTATION_COLUMNS)} "
+                f"INSERT INTO attestations ({', '.join(INSERT_COLUMNS)}) SELECT "
+                f"{', '.join(_select_column(c) for c in ATTESTATION_COLUMNS)}, CAST(n.issuedAt AS TIMESTAMPTZ) "
                 "FROM new_rows n JOIN templates t USING (tpl)"
             )
             con.execute("INSERT INTO signals SELECT executionId, signals FROM new_rows")
@@ -443,6 +530,7 @@ def confirm(db: AuditDB, templates: list[dict[str, Any]], rows: list[tuple], *, 
                 "FROM new_rows WHERE replay.execution_fingerprint = new_rows.execution_fingerprint",
                 [at],
             )
+        _insert_refusals(con, list(refusals))
 
 
 _ROW_FIELDS = ("tpl", "executionId", "execution_fingerprint", "signalsHash", "issuedAt", "signature", "canonical", "signals")
@@ -464,7 +552,7 @@ def column(values: Sequence[Any]) -> np.ndarray:
 
 def mark_failed(db: AuditDB, fingerprints: Sequence[str], *, now: datetime, ttl: float) -> None:
     """Release reservations whose execution failed after reserving; retryable after ``ttl``."""
-    at = naive_utc(now)
+    at = utc(now)
     with db.transaction() as con:
         with Registered(con, failed=_frame(("execution_fingerprint",), [(fp,) for fp in fingerprints])):
             con.execute(

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .archive import import_archive
+from .archive import ArchiveError
 from .canonical import canonicalize
 from .demo import describe, load_requests, run_demo
 from .errors import KeyStoreError, ParmanaError, PolicyError, RequestError
+from .imports import ImportRefused, import_archive
 from .keys import Keyring, TrustStore
 from .policy import PolicyStore
 from .provenance import runtime_info
@@ -87,8 +89,11 @@ def _parser() -> argparse.ArgumentParser:
     ver.add_argument("--no-progress", action="store_true")
     ver.set_defaults(func=cmd_verify)
 
-    imp = sub.add_parser("import", help="load archives into the workspace's audit DB (idempotent)")
+    imp = sub.add_parser("import", help="verify archives, then load them into the workspace's audit DB (idempotent)")
     imp.add_argument("archives", nargs="+", type=Path)
+    imp.add_argument("--trust", type=Path, help="trust store to verify with (default: the workspace's)")
+    imp.add_argument("--unverified", action="store_true",
+                     help="import without verifying; every row written is marked import_status='unverified'")
     imp.add_argument("--json", action="store_true")
     imp.set_defaults(func=cmd_import)
 
@@ -142,8 +147,12 @@ def _requests(files: Sequence[Path]) -> Iterator[Any]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     refused = False
+    states: Counter = Counter()
+    codes: Counter = Counter()
     with Runtime(args.workspace, policies=args.policies, wait=args.wait) as rt:
         for result in _executed(rt, _requests(args.files)):
+            (codes if isinstance(result, ParmanaError) else states)[
+                result.code if isinstance(result, ParmanaError) else result.execution_state] += 1
             if isinstance(result, ParmanaError):
                 refused = True
                 if args.json:
@@ -155,7 +164,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                 sys.stdout.flush()
             else:
                 print(describe(result), flush=True)
-    return EXIT_FAILED if refused else EXIT_OK
+    code = EXIT_FAILED if refused else EXIT_OK
+    if args.json:
+        return _summary(code, requests=states.total() + codes.total(), executed=states.total(), refused=codes.total(),
+                        states=dict(sorted(states.items())), codes=dict(sorted(codes.items())))
+    return code
 
 
 def _executed(rt: Runtime, items: Iterator[Any]) -> Iterator[Any]:
@@ -212,15 +225,16 @@ def cmd_runtime(args: argparse.Namespace) -> int:
 
 def cmd_policies(args: argparse.Namespace) -> int:
     store = PolicyStore(args.policies or default_policy_dir())
-    bad = False
+    bad, loaded, failed = False, 0, 0
     for item in store.scan():
         if isinstance(item, ParmanaError):
-            bad = True
+            bad, failed = True, failed + 1
             if args.json:
                 _line({"error": item.to_dict()})
             else:
                 print(f"ERROR  {item}")
             continue
+        loaded += 1
         warnings = [w.model_dump() for w in item.warnings]
         if args.json:
             _line({
@@ -234,7 +248,8 @@ def cmd_policies(args: argparse.Namespace) -> int:
         else:
             extra = "".join(f"  [{w['code']}] {w['reason']}" for w in warnings)
             print(f"{item.policyId:<18} {item.policyVersion:<8} {item.bundleHash}  {len(item.rules)} rules{extra}")
-    return EXIT_FAILED if bad else EXIT_OK
+    code = EXIT_FAILED if bad else EXIT_OK
+    return _summary(code, loaded=loaded, failed=failed) if args.json else code
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -254,63 +269,134 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
+def _summary(exit_code: int, **counts: Any) -> int:
+    """The closing --json line every reporting command prints: its counts and the exit status they imply."""
+    _line({"summary": {**counts, "exit": exit_code}})
+    return exit_code
+
+
+def _unusable(path: Path, exc: ParmanaError) -> dict[str, Any]:
+    return {"path": str(path), "status": "unusable", **exc.to_dict()}
+
+
+def _trust_for(args: argparse.Namespace) -> Path | None:
+    """The trust store file a command verifies with: --trust, else the workspace's (None: archive keys only)."""
     trust = args.trust or Workspace(args.workspace).keys_dir / "trust.json"
-    if not Path(trust).exists() and not args.trust_archive_keys:
-        raise KeyStoreError("KEY-004", "verify", f"no trust store at {trust}; pass --trust FILE (what `parmana-lab keys --json` "
-                            "prints on the producer's side)")
-    store = TrustStore.load(trust) if Path(trust).exists() else TrustStore()
-    failed = False
+    if Path(trust).exists():
+        return Path(trust)
+    if getattr(args, "trust_archive_keys", False):
+        return None
+    raise KeyStoreError("KEY-004", "verify", f"no trust store at {trust}; pass --trust FILE (what `parmana-lab keys --json` "
+                        "prints on the producer's side)")
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    trust = _trust_for(args)
+    store = TrustStore.load(trust) if trust else TrustStore()
+    worst, outcomes = EXIT_OK, Counter()
+    records: Counter = Counter()
+    codes: Counter = Counter()
     for path in args.archives:
-        report = verify_archive(path, store, workers=args.workers, progress=not (args.json or args.no_progress),
-                                known_runtimes=args.known_runtime, trust_archive_keys=args.trust_archive_keys)
-        failed |= report.status != "verified"
+        try:
+            report = verify_archive(path, trust if trust else store, workers=args.workers,
+                                    progress=not (args.json or args.no_progress), known_runtimes=args.known_runtime,
+                                    trust_archive_keys=args.trust_archive_keys)
+        except ParmanaError as exc:  # this archive is unusable; the others are still verified
+            worst, outcomes["unusable"] = max(worst, EXIT_UNUSABLE), outcomes["unusable"] + 1
+            if args.json:
+                _line({"archive": _unusable(path, exc)})
+            else:
+                print(f"parmana-lab: {exc}", file=sys.stderr)
+            continue
+        s = report.summary
+        outcomes[s.status] += 1
+        records.update(total=s.total, verified=s.verified, warnings=s.warnings, failed=s.failed)
+        codes.update({c: n for c, n in s.codes.items()})
+        codes.update(s.archive_codes)
+        if s.status != "verified":
+            worst = max(worst, EXIT_FAILED)
         if args.json:
             for result in report.results():
-                _line({"executionId": result.executionId, "line": result.line, "status": result.status, "code": result.code,
-                       "checks": result.checks, "hint": result.hint})
-            s = report.summary
+                _line({"source": str(path), "line": result.line, "executionId": result.executionId, "status": result.status,
+                       "code": result.code, "checks": result.checks, "hint": result.hint})
             _line({"archive": {"path": str(path), "status": s.status, "codes": s.archive_codes + [
-                c for c in s.codes if c != "VERIFIED"], "total": s.total, "verified": s.verified, "trust": s.trust}})
+                c for c in s.codes if c != "VERIFIED"], "total": s.total, "verified": s.verified, "warnings": s.warnings,
+                "failed": s.failed, "trust": s.trust}})
         else:
             print(archive_text(report))
-    return EXIT_FAILED if failed else EXIT_OK
+    if args.json:
+        return _summary(worst, archives=len(args.archives), **{k: outcomes.get(k, 0) for k in ("verified", "failed", "unusable")},
+                        attestations={k: records.get(k, 0) for k in ("total", "verified", "warnings", "failed")},
+                        codes=dict(sorted(codes.items())))
+    return worst
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    conflicts = False
+    trust = None if args.unverified else _trust_for(args)
+    worst, outcomes, totals = EXIT_OK, Counter(), Counter()
     with Runtime(args.workspace, wait=args.wait) as rt:
         for path in args.archives:
-            result = import_archive(path, rt.db)
-            conflicts |= bool(result.conflicts or result.malformed)
+            try:
+                result = import_archive(path, rt.db, trust, unverified=args.unverified)
+            except ImportRefused as exc:
+                worst, outcomes["refused"] = max(worst, EXIT_FAILED), outcomes["refused"] + 1
+                if args.json:
+                    _line({"archive": str(path), "status": "refused", **exc.to_dict(), "verification": exc.summary})
+                else:
+                    print(f"{path}: REFUSED, nothing imported  {exc}")
+                continue
+            except (ArchiveError, KeyStoreError) as exc:  # this archive is unusable; the others are still imported
+                worst, outcomes["unusable"] = max(worst, EXIT_UNUSABLE), outcomes["unusable"] + 1
+                if args.json:
+                    _line({"archive": str(path), "status": "unusable", **exc.to_dict()})
+                else:
+                    print(f"parmana-lab: {exc}", file=sys.stderr)
+                continue
+            problems = bool(result.conflicts or result.malformed)
+            outcomes["imported"] += 1
+            totals.update(inserted=result.inserted, already_present=result.already_present, conflicts=len(result.conflicts),
+                          malformed=len(result.malformed))
+            worst = max(worst, EXIT_FAILED if problems else EXIT_OK)
             if args.json:
                 _line(result.model_dump(mode="json"))
             else:
-                print(f"{path}: {result.inserted} inserted, {result.already_present} already present, "
+                how = "UNVERIFIED (--unverified: rows marked so)" if result.status == "unverified" else "verified"
+                print(f"{path}: {how}; {result.inserted} inserted, {result.already_present} already present, "
                       f"{len(result.conflicts)} conflicts, {len(result.malformed)} malformed lines")
                 for c in result.conflicts:
                     print(f"  conflict: {c}")
-    return EXIT_FAILED if conflicts else EXIT_OK
+    if args.json:
+        return _summary(worst, archives=len(args.archives), **{k: outcomes.get(k, 0) for k in ("imported", "refused", "unusable")},
+                        **{k: totals.get(k, 0) for k in ("inserted", "already_present", "conflicts", "malformed")})
+    return worst
 
 
 def cmd_audit_replays(args: argparse.Namespace) -> int:
     with find_replays(args.sources) as report:
         findings = report.findings()
+        s = report.summary
+        code = EXIT_FAILED if report.found else EXIT_OK
         if args.json:
             for finding in findings:
                 _line(finding)
             for row in report.reused_ids.itertuples():
                 _line({"executionId": row.executionId, "reused_with_different_content": int(row.versions),
                        "sources": list(row.sources)})
-        else:
-            s = report.summary
-            print(f"{s.records} records in {len(s.sources)} source(s): {s.replayed_fingerprints} replayed fingerprints "
-                  f"({s.extra_uses} extra uses), {s.reused_execution_ids} executionIds reused with different content")
-            for finding in findings:
-                print(f"  {finding['execution_fingerprint']}")
-                for o in finding["occurrences"]:
-                    print(f"    {o['source']}  {o['issuedAt']}  {o['executionId']}  key {o['signerKeyId']}  {o['decision']}")
-        return EXIT_FAILED if findings or len(report.reused_ids) else EXIT_OK
+            for bad in report.unreadable:
+                _line({"source": bad["source"], "line": bad["line"], "unreadable": bad["reason"]})
+            return _summary(code, **s.model_dump())
+        print(f"{len(s.sources)} source(s): {report._headline()}")
+        for finding in findings:
+            print(f"  {finding['execution_fingerprint']}")
+            for o in finding["executions"]:
+                also = f"  also in {', '.join(o['also_in'])}" if o["also_in"] else ""
+                print(f"    {o['source']}:{o['line']}  {o['issuedAt']}  {o['executionId']}  key {o['signerKeyId']}  "
+                      f"{o['decision']}{also}")
+        for row in report.reused_ids.itertuples():
+            print(f"  executionId {row.executionId} has {row.versions} different contents in {', '.join(row.sources)}")
+        for bad in report.unreadable:
+            print(f"  unreadable {bad['source']}:{bad['line']}: {bad['reason']}")
+        return code
 
 
 def cmd_audit_reproduce(args: argparse.Namespace) -> int:
@@ -323,18 +409,22 @@ def cmd_audit_reproduce(args: argparse.Namespace) -> int:
     report = reproduce(args.source, policy_versions=versions or None,
                        policies=(args.policies or default_policy_dir()) if versions else None,
                        progress=not args.json and sys.stderr.isatty())
+    s = report.summary
+    code = EXIT_OK if s.all_match else EXIT_FAILED
     if args.json:
         for row in report.rows:
-            _line({"executionId": row["executionId"], "status": row["status"], "diff": row["diff"], "why": row["why"]})
-    else:
-        s = report.summary
-        print(f"{s.source}: " + ", ".join(f"{k} {v}" for k, v in s.statuses.items())
-              + f"; from another runtime {s.other_runtime}, from another evaluator build {s.other_evaluator}")
-        for row in report.rows:
-            if row["status"] != "MATCH":
-                print(f"  line {row['line']} {row['executionId']}: {row['status']}  {row['why'] or ''}"
-                      f"{row['attested'] + ' -> ' + row['now'] if row['status'] == 'DIVERGED' else ''}")
-    return EXIT_FAILED if report.summary.statuses["DIVERGED"] or report.summary.statuses["INPUT_MISMATCH"] else EXIT_OK
+            _line({"source": str(args.source), "line": row["line"], "executionId": row["executionId"], "status": row["status"],
+                   "changed": row["changed"], "diff": row["diff"], "why": row["why"], "unverified": row["unverified"]})
+        return _summary(code, **s.model_dump(exclude={"source"}), source=str(args.source))
+    print(f"{s.source}: " + ", ".join(f"{k} {v}" for k, v in s.statuses.items())
+          + f"; from another runtime {s.other_runtime}, from another evaluator build {s.other_evaluator}"
+          + (f"; {s.unverified} imported unverified" if s.unverified else ""))
+    for row in report.rows:
+        if row["status"] != "MATCH":
+            change = (f"{row['attested']} -> {row['now']} (changed: {', '.join(row['changed'])})"
+                      if row["status"] == "DIVERGED" else "")
+            print(f"  line {row['line']} {row['executionId']}: {row['status']}  {row['why'] or ''}{change}")
+    return code
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

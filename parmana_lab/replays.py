@@ -1,8 +1,17 @@
-"""Replay detection across exported logs: the same execution consumed twice.
+"""Replay detection across exported logs: one fingerprint consumed by different executions.
 
-Any mix of archives (directory, .zip, .tar.gz) and audit DB files is read by
-DuckDB as one view, ``records``; the findings are plain SQL over it, so users
-can ask their own questions of the same view (``report.sql(...)``).
+Any mix of archives (directory, .zip, .tar.gz) and audit DBs is read by DuckDB
+as one view, ``records`` (one row per record per source, with its line). The
+definitions, which the CLI, the panel and the notebook share:
+
+- an *execution* is an executionId with its content; the same record seen in
+  several sources (an archive and the DB it came from, a folder and its zip) is
+  one execution, and its other places are *copies* ("also in"), never replays;
+- a *replay* is an execution_fingerprint consumed by two or more distinct
+  executionIds, wherever they are;
+- a *reused executionId* is one executionId seen with different content.
+
+The views ``executions`` and ``replays`` hold exactly those, for your own SQL.
 """
 
 from __future__ import annotations
@@ -17,57 +26,72 @@ import duckdb
 import pandas as pd
 from pydantic import BaseModel
 
-from .archive import ATTESTATIONS, ArchiveError, open_archive
-from .audit import is_duckdb_file, open_refusal
+from .archive import MAX_LINE_BYTES, ArchiveError, iter_lines, open_archive, require_attestations
+from .attestation import parse_attestation_line
+from .audit import AuditDB, is_duckdb_file, open_in_process, open_refusal, reading, require_audit_tables, source_name
 from .charts import bar_chart
 
 # read straight from the JSON lines: DuckDB parses only the members a query touches
 _STRING_MEMBERS = ("executionId", "execution_fingerprint", "policyId", "policyVersion", "schemaVersion", "runtimeVersion",
                    "runtimeHash", "evaluatorArtifactHash", "signalsHash", "bundleHash", "execution_state", "issuedAt",
                    "signerKeyId", "signature")
-_JSON_COLUMNS = "{" + ", ".join(f"'{m}': 'VARCHAR'" for m in _STRING_MEMBERS) + (
-    ", 'decision': 'STRUCT(action VARCHAR, requires_override BOOLEAN, reason VARCHAR, ruleId VARCHAR)'}"
-)
-_SELECT = ", ".join(_STRING_MEMBERS) + ", decision.action AS action"
-OCCURRENCE_COLUMNS = ("execution_fingerprint", "source", "executionId", "issuedAt", "signerKeyId", "runtimeHash", "action")
+_DECISION = "STRUCT(action VARCHAR, requires_override BOOLEAN, reason VARCHAR, ruleId VARCHAR)"
+_JSON_COLUMNS = "{" + ", ".join(f"'{m}': 'VARCHAR'" for m in _STRING_MEMBERS) + f", 'decision': '{_DECISION}'}}"
+_MEMBERS = ", ".join(_STRING_MEMBERS)
+_CONTENT = "md5(concat_ws('|', " + _MEMBERS + ", decision::VARCHAR))"
+EXECUTION_COLUMNS = ("execution_fingerprint", "executionId", "source", "line", "issuedAt", "signerKeyId", "runtimeHash",
+                     "action", "also_in")
+Source = str | Path | AuditDB | Any  # a path, an AuditDB, or a Runtime (anything with a .db)
 
 
 class ReplaySummary(BaseModel):
     sources: list[str]
     records: int
+    executions: int
+    copies: int
     replayed_fingerprints: int
     extra_uses: int
     reused_execution_ids: int
+    unreadable_records: int
+    unverified_records: int
 
 
 class ReplayReport:
-    """Replayed fingerprints and reused executionIds across sources.
+    """Replayed fingerprints, reused executionIds and copies across sources.
 
     Holds the DuckDB connection (and any unpacked archives) open so that
     ``sql()`` and ``relation`` work; ``close()`` (or a ``with`` block) releases them.
     """
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, sources: list[str], stack: ExitStack) -> None:
-        self.con, self.sources = con, sources
+    def __init__(self, con: duckdb.DuckDBPyConnection, sources: list[str], stack: ExitStack,
+                 unreadable: list[dict[str, Any]]) -> None:
+        self.con, self.sources, self.unreadable = con, sources, unreadable
         self._finalizer = weakref.finalize(self, _release, con, stack)
-        self.occurrences = con.execute(
-            f"""
-            WITH replayed AS (SELECT execution_fingerprint FROM records GROUP BY ALL HAVING count(*) > 1)
-            SELECT {", ".join(OCCURRENCE_COLUMNS)} FROM records SEMI JOIN replayed USING (execution_fingerprint)
-            ORDER BY execution_fingerprint, issuedAt, source, executionId
+        self.records, self.unverified = con.execute(
+            "SELECT count(*), count(*) FILTER (WHERE import_status = 'unverified') FROM records"
+        ).fetchall()[0]
+        # one pass: every fingerprint used by more than one executionId, then those records in full
+        occurrences = con.execute(
+            """
+            SELECT execution_fingerprint, executionId, source, line, issuedAt, signerKeyId, runtimeHash, action, src
+            FROM records SEMI JOIN replays USING (execution_fingerprint)
+            ORDER BY execution_fingerprint, executionId, src, line
             """
         ).df()
-        # content is compared only for executionIds seen more than once
-        content = "md5(concat_ws('|', " + ", ".join(_STRING_MEMBERS) + ", decision::VARCHAR))"
-        self.reused_ids = con.execute(
+        self.executions = _collapse_copies(occurrences)
+        con.execute(
             f"""
+            CREATE TEMP TABLE repeated_ids AS
             WITH repeated AS (SELECT executionId FROM records GROUP BY ALL HAVING count(*) > 1)
-            SELECT executionId, count(DISTINCT {content}) AS versions, list(DISTINCT source ORDER BY source) AS sources
-            FROM records SEMI JOIN repeated USING (executionId)
-            GROUP BY executionId HAVING count(DISTINCT {content}) > 1 ORDER BY executionId
+            SELECT executionId, count(*) AS n, count(DISTINCT {_CONTENT}) AS versions,
+                   list(DISTINCT source ORDER BY source) AS sources
+            FROM records SEMI JOIN repeated USING (executionId) GROUP BY executionId
             """
+        )
+        self.reused_ids = con.execute(
+            "SELECT executionId, versions, sources FROM repeated_ids WHERE versions > 1 ORDER BY executionId"
         ).df()
-        self.records = con.execute("SELECT count(*) FROM records").fetchall()[0][0]
+        self.copies = int(con.execute("SELECT coalesce(sum(n - 1), 0) FROM repeated_ids WHERE versions = 1").fetchall()[0][0])
 
     def __enter__(self) -> ReplayReport:
         return self
@@ -84,68 +108,99 @@ class ReplayReport:
 
     @property
     def relation(self) -> duckdb.DuckDBPyRelation:
-        """Every record of every source: its source and every attestation member (decision as a struct)."""
+        """Every record of every source: source, line, every attestation member (decision as a struct), action."""
         return self.con.table("records")
 
     def sql(self, query: str) -> pd.DataFrame:
-        """Your own SQL over the view ``records`` (source, every attestation member, action)."""
+        """Your own SQL over the views ``records``, ``executions`` and ``replays``."""
         return self.con.execute(query).df()
 
     @property
+    def occurrences(self) -> pd.DataFrame:
+        """One row per execution of a replayed fingerprint (copies folded into ``also_in``)."""
+        return self.executions
+
+    @property
+    def found(self) -> bool:
+        """Anything a person must look at: a replay, a reused executionId, or a record that could not be read."""
+        return bool(len(self.executions) or len(self.reused_ids) or self.unreadable)
+
+    @property
     def summary(self) -> ReplaySummary:
-        fps = self.occurrences["execution_fingerprint"]
+        fps = self.executions["execution_fingerprint"]
         return ReplaySummary(
             sources=self.sources,
             records=self.records,
+            executions=self.records - self.copies,
+            copies=self.copies,
             replayed_fingerprints=int(fps.nunique()),
             extra_uses=int(len(fps) - fps.nunique()),
             reused_execution_ids=len(self.reused_ids),
+            unreadable_records=len(self.unreadable),
+            unverified_records=self.unverified,
         )
 
     def findings(self) -> list[dict[str, Any]]:
-        """One finding per replayed fingerprint, with each occurrence (the --json line format)."""
+        """One finding per replayed fingerprint, with each execution that consumed it (the --json line format)."""
         out = []
-        for fp, group in self.occurrences.groupby("execution_fingerprint", sort=True):
-            occurrences = group.drop(columns=["execution_fingerprint"]).rename(columns={"action": "decision"})
-            out.append({"execution_fingerprint": fp, "occurrences": occurrences.to_dict("records")})
+        for fp, group in self.executions.groupby("execution_fingerprint", sort=True):
+            executions = group.drop(columns=["execution_fingerprint"]).rename(columns={"action": "decision"})
+            out.append({"execution_fingerprint": fp, "executions": executions.to_dict("records")})
         return out
 
     def to_pandas(self) -> pd.DataFrame:
-        return self.occurrences.copy()
+        return self.executions.copy()
+
+    def _headline(self) -> str:
+        s = self.summary
+        text = (f"{s.records} records, {s.executions} distinct executions ({s.copies} copies of the same record in several "
+                f"places); {s.replayed_fingerprints} fingerprints consumed by more than one execution ({s.extra_uses} extra "
+                f"uses); {s.reused_execution_ids} executionIds reused with different content")
+        if s.unreadable_records:
+            text += f"; {s.unreadable_records} records could not be read, so were not checked"
+        if s.unverified_records:
+            text += f"; {s.unverified_records} records were imported unverified"
+        return text + "."
 
     def to_markdown(self) -> str:
         s = self.summary
-        lines = [
-            f"# Replay detection over {len(s.sources)} source(s)",
-            "",
-            f"{s.records} records; {s.replayed_fingerprints} fingerprints used more than once ({s.extra_uses} extra uses); "
-            f"{s.reused_execution_ids} executionIds reused with different content.",
-        ]
-        if len(self.occurrences):
-            lines += ["", "| execution_fingerprint | source | executionId | issuedAt | signerKeyId | decision |",
-                      "| --- | --- | --- | --- | --- | --- |"]
+        lines = [f"# Replay detection over {len(s.sources)} source(s)", "", self._headline()]
+        if len(self.executions):
+            lines += ["", "| execution_fingerprint | executionId | source | line | issuedAt | signerKeyId | decision | also in |",
+                      "| --- | --- | --- | ---: | --- | --- | --- | --- |"]
             lines += [
-                f"| {r.execution_fingerprint[:16]}… | {r.source} | {r.executionId} | {r.issuedAt} | {r.signerKeyId} | {r.action} |"
-                for r in self.occurrences.itertuples()
+                f"| {r.execution_fingerprint[:16]}… | {r.executionId} | {r.source} | {r.line} | {r.issuedAt} | {r.signerKeyId} "
+                f"| {r.action} | {', '.join(r.also_in)} |"
+                for r in self.executions.itertuples()
             ]
         return "\n".join(lines) + "\n"
 
     def by_source(self) -> pd.DataFrame:
-        """Replayed occurrences counted per source: the chart's data."""
-        occ = self.occurrences.assign(kind="occurrences of replayed fingerprints")
+        """Executions of replayed fingerprints counted per source where first seen: the chart's data."""
+        occ = self.executions.assign(kind="executions of replayed fingerprints")
         return occ.pivot_table(index="source", columns="kind", values="executionId", aggfunc="count", fill_value=0)
 
     def to_html(self) -> str:
         s = self.summary
-        head = (f"<h3>Replay detection over {len(s.sources)} source(s)</h3><p>{s.records} records; "
-                f"{s.replayed_fingerprints} replayed fingerprints ({s.extra_uses} extra uses); "
-                f"{s.reused_execution_ids} reused executionIds.</p>")
-        if not len(self.occurrences):
+        head = f"<h3>Replay detection over {len(s.sources)} source(s)</h3><p>{self._headline()}</p>"
+        if not len(self.executions):
             return head
-        return head + bar_chart(self.by_source(), "replays by source") + self.occurrences.to_html(index=False)
+        return head + bar_chart(self.by_source(), "replays by source") + self.executions.to_html(index=False)
 
     def _repr_html_(self) -> str:
         return self.to_html()
+
+
+def _collapse_copies(occurrences: pd.DataFrame) -> pd.DataFrame:
+    """One row per (fingerprint, executionId): the first place it was seen, the others as ``also_in``."""
+    rows = []
+    for (fp, eid), group in occurrences.groupby(["execution_fingerprint", "executionId"], sort=True):
+        first = group.iloc[0]
+        rows.append((fp, eid, first["source"], int(first["line"]), first["issuedAt"], first["signerKeyId"],
+                     first["runtimeHash"], first["action"],
+                     [f"{r.source}:{r.line}" for r in group.iloc[1:].itertuples()]))
+    frame = pd.DataFrame(rows, columns=list(EXECUTION_COLUMNS))
+    return frame.sort_values(["execution_fingerprint", "issuedAt", "source", "line"], kind="stable").reset_index(drop=True)
 
 
 def _release(con: duckdb.DuckDBPyConnection, stack: ExitStack) -> None:
@@ -153,51 +208,124 @@ def _release(con: duckdb.DuckDBPyConnection, stack: ExitStack) -> None:
     stack.close()
 
 
-def find_replays(sources: str | Path | Sequence[str | Path]) -> ReplayReport:
-    """Every execution_fingerprint that occurs more than once across ``sources`` (archives or audit DB files, or one)."""
-    if isinstance(sources, (str, Path)):
-        sources = [sources]  # not its characters
+def find_replays(sources: Source | Sequence[Source]) -> ReplayReport:
+    """Every execution_fingerprint consumed by more than one execution across ``sources``.
+
+    Sources are archives, audit DB files, or an open AuditDB / Runtime of this
+    process (read through its own connection). A record that cannot be read is
+    listed in ``report.unreadable``, never skipped silently.
+    """
+    if isinstance(sources, (str, Path)) or open_in_process(sources) is not None:
+        sources = [sources]  # one source, not its characters
     if not sources:
         raise ArchiveError("ARC-005", "find_replays needs at least one archive or audit DB")
     stack = ExitStack()
     con = duckdb.connect()
     try:
         con.execute("SET enable_progress_bar = false")
-        parts, names = [], []
-        for i, source in enumerate(sources):
-            path = Path(source)
-            name = path.name
-            names.append(name)
-            if is_duckdb_file(path):
-                try:
-                    con.execute(f"ATTACH '{_sql_path(path)}' AS src{i} (READ_ONLY)")
-                except duckdb.Error as exc:
-                    raise open_refusal(path, exc) from None
-                members = ", ".join(m for m in _STRING_MEMBERS)
-                parts.append(
-                    f"SELECT '{_sql_text(name)}' AS source, {members}, {{'action': decision_action, 'requires_override': "
-                    "decision_requires_override, 'reason': decision_reason, 'ruleId': decision_ruleId} AS decision "
-                    f"FROM src{i}.attestations"
-                )
-            else:
-                root = stack.enter_context(open_archive(path))
-                if not (root / ATTESTATIONS).is_file():
-                    raise ArchiveError("ARC-005", f"{path} has no {ATTESTATIONS}; is this a parmana archive?")
-                parts.append(
-                    f"SELECT '{_sql_text(name)}' AS source, * FROM read_json('{_sql_path(root / ATTESTATIONS)}', "
-                    f"format='newline_delimited', columns={_JSON_COLUMNS}, ignore_errors=true)"
-                )
-        con.execute(f"CREATE TEMP VIEW records AS SELECT source, {_SELECT}, decision FROM ({' UNION ALL '.join(parts)})")
-        return ReplayReport(con, names, stack)
+        con.execute("SET TimeZone = 'UTC'")
+        names = [source_name(source) for source in sources]
+        parts = [_part(con, stack, i, source, name) for i, (source, name) in enumerate(zip(sources, names))]
+        unreadable: list[dict[str, Any]] = []
+        _create_views(con, parts)
+        damaged = _damaged_sources(con, parts)
+        if damaged:  # read those line by line, so each unreadable record is named (an oversized line is ARC-006)
+            for i in damaged:
+                parts[i] = _strict_part(con, i, names[i], parts[i][1], unreadable)
+            _create_views(con, parts)
+        return ReplayReport(con, names, stack, unreadable)
     except BaseException:
         con.close()
         stack.close()
         raise
 
 
+def _create_views(con, parts: list[tuple[str, Path | None]]) -> None:
+    con.execute(f"CREATE OR REPLACE TEMP VIEW records AS {' UNION ALL '.join(sql for sql, _ in parts)}")
+    con.execute("CREATE OR REPLACE TEMP VIEW replays AS SELECT execution_fingerprint, count(DISTINCT executionId) AS executions, "
+                "count(*) AS records FROM records GROUP BY ALL HAVING count(DISTINCT executionId) > 1")
+    con.execute("CREATE OR REPLACE TEMP VIEW executions AS SELECT executionId, execution_fingerprint, "
+                "any_value(issuedAt) AS issuedAt, list(source || ':' || line ORDER BY src, line) AS places FROM records GROUP BY ALL")
+
+
+def _damaged_sources(con, parts: list[tuple[str, Path | None]]) -> list[int]:
+    """Archives with a line DuckDB cannot read, or a record without its keys (one scan when all is well)."""
+    bad = "executionId IS NULL OR execution_fingerprint IS NULL OR decision IS NULL"
+    try:
+        counts = con.execute(f"SELECT src, count(*) FILTER (WHERE {bad}) FROM records GROUP BY src").fetchall()
+        return sorted(i for i, n in counts if n and parts[i][1] is not None)
+    except duckdb.Error:
+        pass
+    damaged = []
+    for i, (sql, lines) in enumerate(parts):
+        if lines is None:
+            continue
+        try:
+            if con.execute(f"SELECT count(*) FROM ({sql}) WHERE {bad}").fetchall()[0][0]:
+                damaged.append(i)
+        except duckdb.Error:
+            damaged.append(i)
+    return damaged
+
+
+def _select(i: int, name: str, relation: str, line: str, import_status: str) -> str:
+    return (f"SELECT {i} AS src, '{_sql_text(name)}' AS source, {line} AS line, {_MEMBERS}, decision, "
+            f"decision.action AS action, {import_status} AS import_status FROM {relation}")
+
+
+def _part(con, stack: ExitStack, i: int, source: Source, name: str) -> tuple[str, Path | None]:
+    """The SELECT reading one source into the ``records`` shape, and the archive's lines file (None for a DB)."""
+    db_struct = ("{'action': decision_action, 'requires_override': decision_requires_override, "
+                 "'reason': decision_reason, 'ruleId': decision_ruleId} AS decision")
+    if open_in_process(source) is not None:  # this process holds it: copy the rows through its connection
+        with reading(source) as cur:
+            status = "import_status" if _has_column(cur, "attestations", "import_status") else "NULL AS import_status"
+            frame = cur.execute(f"SELECT seq, {_MEMBERS}, {db_struct}, {status} FROM attestations").df()
+        con.register(f"src{i}_rows", frame)
+        return _select(i, name, f"src{i}_rows", "seq", "import_status"), None
+    path = Path(source)
+    if is_duckdb_file(path):
+        try:
+            con.execute(f"ATTACH '{_sql_text(str(path))}' AS src{i} (READ_ONLY)")
+        except duckdb.Error as exc:
+            raise open_refusal(path, exc) from None
+        require_audit_tables(con, path, schema=f"src{i}")
+        status = "import_status" if _has_column(con, "attestations", "import_status", f"src{i}") else "NULL"
+        return _select(i, name, f"(SELECT *, {db_struct} FROM src{i}.attestations)", "seq", status), None
+    root = stack.enter_context(open_archive(path))
+    lines = require_attestations(root, path)
+    relation = (f"read_json('{_sql_text(str(lines))}', format='newline_delimited', columns={_JSON_COLUMNS}, "
+                f"maximum_object_size={MAX_LINE_BYTES + 1}) WITH ORDINALITY AS t({_MEMBERS}, decision, n)")
+    return _select(i, name, relation, "n", "NULL"), lines
+
+
+def _strict_part(con, i: int, name: str, path: Path, unreadable: list[dict[str, Any]]) -> tuple[str, Path]:
+    frame = _strict_rows(path, name, unreadable)
+    if len(frame):
+        con.register(f"src{i}_rows", frame)
+        return _select(i, name, f"src{i}_rows", "n", "NULL"), path
+    empty = ", ".join(f"NULL::VARCHAR AS {m}" for m in _STRING_MEMBERS) + f", NULL::{_DECISION} AS decision, 0::BIGINT AS n"
+    return _select(i, name, f"(SELECT {empty} WHERE false)", "n", "NULL"), path
+
+
+def _strict_rows(path: Path, name: str, unreadable: list[dict[str, Any]]) -> pd.DataFrame:
+    rows = []
+    for number, line in enumerate(iter_lines(path), start=1):
+        att, problem = parse_attestation_line(line)
+        if att is None:
+            unreadable.append({"source": name, "line": number, "reason": problem})
+            continue
+        rows.append((*(att[m] for m in _STRING_MEMBERS), att["decision"], number))
+    return pd.DataFrame(rows, columns=[*_STRING_MEMBERS, "decision", "n"])
+
+
+def _has_column(con, table: str, column: str, catalog: str | None = None) -> bool:
+    where = f" AND table_catalog = '{catalog}'" if catalog else ""
+    return bool(con.execute(
+        f"SELECT count(*) FROM information_schema.columns WHERE table_name = '{table}' AND column_name = '{column}'{where}"
+    ).fetchall()[0][0])
+
+
 def _sql_text(text: str) -> str:
     return text.replace("'", "''")
 
-
-def _sql_path(path: Path) -> str:
-    return _sql_text(str(path))

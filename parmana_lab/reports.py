@@ -16,7 +16,8 @@ def archive_markdown(report: ArchiveReport) -> str:
     out = [
         f"# Verification of `{s.source}`: **{s.status.upper()}**",
         "",
-        f"{s.verified} of {s.total} attestations verified, {s.warnings} warnings, {s.failed} failed. Trust: {s.trust}.",
+        f"{s.verified} of {s.total} attestations verified, {s.warnings} warnings, {s.failed} failed"
+        + (f"; archive checks failed: {', '.join(s.archive_codes)}" if s.archive_codes else "") + f". Trust: {s.trust}.",
         "",
         "| code | count |",
         "| --- | ---: |",
@@ -44,7 +45,9 @@ def archive_html(report: ArchiveReport) -> str:
     parts = [
         f"<div><h3 style='margin:4px 0'>Verification of <code>{escape(s.source)}</code>: "
         f"<span style='color:{colour}'>{s.status.upper()}</span></h3>",
-        f"<p>{s.verified} of {s.total} verified, {s.warnings} warnings, {s.failed} failed. Trust: {escape(s.trust)}.</p>",
+        f"<p>{s.verified} of {s.total} verified, {s.warnings} warnings, {s.failed} failed"
+        + (f"; archive checks failed: {escape(', '.join(s.archive_codes))}" if s.archive_codes else "")
+        + f". Trust: {escape(s.trust)}.</p>",
         f"<table style='font-size:12px'><tr><th>code</th><th>count</th></tr>{codes}</table>",
     ]
     if report.archive_checks:
@@ -70,8 +73,10 @@ def archive_html(report: ArchiveReport) -> str:
 def archive_text(report: ArchiveReport, max_failures: int = 20) -> str:
     """A terminal summary: status, counts by code, archive checks, the first failures."""
     s = report.summary
+    archive = f"; archive checks failed: {', '.join(s.archive_codes)}" if s.archive_codes else ""
     lines = [
-        f"{s.source}: {s.status.upper()}  {s.verified}/{s.total} verified, {s.warnings} warnings, {s.failed} failed",
+        f"{s.source}: {s.status.upper()}  {s.total} attestations: {s.verified} verified, {s.warnings} warnings, "
+        f"{s.failed} failed{archive}",
         f"  trust: {s.trust}",
         "  codes: " + (", ".join(f"{c} {n}" for c, n in s.codes.items()) or "none (empty archive)"),
     ]

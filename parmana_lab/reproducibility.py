@@ -20,13 +20,13 @@ import orjson
 import pandas as pd
 from pydantic import BaseModel
 
-from .archive import ATTESTATIONS, MANIFEST, SIGNALS, ArchiveError, iter_lines, open_archive, signals_line
+from .archive import MANIFEST, SIGNALS, ArchiveError, iter_lines, open_archive, require_attestations, signals_line
 from .attestation import parse_attestation_line
-from .audit import connect, is_duckdb_file
+from .audit import is_duckdb_file, open_in_process, reading, source_name
 from .canonical import canonicalize, fingerprint_payload, parse_json
 from .charts import bar_chart
 from .checks import PolicyEntry, SignalsAligner, load_archive_policies, policy_entry
-from .errors import CanonicalizationError, ParmanaError
+from .errors import CanonicalizationError, ParmanaError, PolicyError
 from .evaluate import Decision, decide
 from .policy import Policy, PolicyStore
 from .progress import Progress, progress_bar
@@ -45,7 +45,13 @@ class ReproSummary(BaseModel):
     statuses: dict[str, int]
     other_runtime: int
     other_evaluator: int
+    unverified: int
     what_if: dict[str, str]
+
+    @property
+    def all_match(self) -> bool:
+        """Every execution was re-run and decided the same (the only result that exits 0)."""
+        return self.statuses["MATCH"] == self.total
 
 
 class ReproReport:
@@ -66,12 +72,14 @@ class ReproReport:
             statuses={s: counts.get(s, 0) for s in STATUSES},
             other_runtime=sum(r["other_runtime"] for r in self.rows),
             other_evaluator=sum(r["other_evaluator"] for r in self.rows),
+            unverified=sum(r["unverified"] for r in self.rows),
             what_if=self.what_if,
         )
 
     def to_pandas(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows, columns=["line", "executionId", "policyId", "policyVersion", "replayedWith", "status",
-                                                "attested", "now", "diff", "why", "other_runtime", "other_evaluator"])
+                                                "attested", "now", "changed", "diff", "why", "other_runtime", "other_evaluator",
+                                                "unverified"])
 
     def changes(self) -> pd.DataFrame:
         """Only the executions whose decision differs (the what-if table)."""
@@ -109,7 +117,7 @@ class ReproReport:
 
 
 def reproduce(
-    source: str | Path,
+    source: str | Path | Any,
     *,
     policy_versions: dict[str, str] | None = None,
     policies: str | Path | PolicyStore | None = None,
@@ -118,8 +126,10 @@ def reproduce(
 ) -> ReproReport:
     """Re-run every execution of an archive or audit DB file and compare decisions.
 
+    ``source`` is an archive, an audit DB file, or an open AuditDB / Runtime.
     ``policy_versions`` maps a policyId to the version to re-run it under
-    (loaded from ``policies``, a policy folder); ``evaluator`` is the decision
+    (loaded from ``policies``, a policy folder; a version that does not exist,
+    or a policyId no record uses, is refused); ``evaluator`` is the decision
     function, given signals already validated against the policy (the kit's own
     ``decide`` by default). ``progress`` is as for verify_archive.
     """
@@ -127,23 +137,32 @@ def reproduce(
     store = policies if isinstance(policies, PolicyStore) else PolicyStore(policies) if policies else None
     if what_if and store is None:
         raise ArchiveError("ARC-005", "a what-if re-run needs the folder of the policy versions to use (policies=...)")
+    for pid, version in what_if.items():
+        store.get(pid, version)  # POL-001 now, not NOT_REPLAYABLE on every row later
     here = (runtime_hash(runtime_manifest()), evaluator_artifact_hash())
+    name = source_name(source)
     rows: list[dict[str, Any]] = []
-    with _records(Path(source)) as (records, archived, total), progress_bar(progress, total, f"reproduce {Path(source).name}",
-                                                                            "exec") as bar:
-        for line_no, line, signals_line in records:
-            rows.append(_replay_one(line_no, line, signals_line, archived, what_if, store, evaluator, here))
+    with _records(source) as (records, archived, total), progress_bar(progress, total, f"reproduce {Path(name).name}",
+                                                                      "exec") as bar:
+        for line_no, line, signals_line, unverified in records:
+            row = _replay_one(line_no, line, signals_line, archived, what_if, store, evaluator, here)
+            row["unverified"] = unverified
+            rows.append(row)
             if len(rows) % PROGRESS_STEP == 0:
                 bar.update(PROGRESS_STEP)
         bar.update(len(rows) % PROGRESS_STEP)
-    return ReproReport(Path(source).name, rows, what_if)
+    unused = sorted(set(what_if) - {r["policyId"] for r in rows})
+    if unused:
+        raise PolicyError("POL-023", "policy", f"--policy-version names {', '.join(unused)}, which no record in {name} uses "
+                          "(a typo? `parmana-lab audit reproduce SOURCE` lists what is there)")
+    return ReproReport(name, rows, what_if)
 
 
 def _replay_one(line_no, line, signals_line, archived, what_if, store, evaluator, here) -> dict[str, Any]:
     att, problem = parse_attestation_line(line)
     row: dict[str, Any] = {"line": line_no, "executionId": att["executionId"] if att else None,
                            "policyId": att["policyId"] if att else None, "policyVersion": att["policyVersion"] if att else None,
-                           "replayedWith": None, "attested": None, "now": None, "diff": None, "why": None,
+                           "replayedWith": None, "attested": None, "now": None, "changed": None, "diff": None, "why": None,
                            "other_runtime": bool(att and att["runtimeHash"] != here[0]),
                            "other_evaluator": bool(att and att["evaluatorArtifactHash"] != here[1])}
     if att is None:
@@ -185,7 +204,7 @@ def _replay_one(line_no, line, signals_line, archived, what_if, store, evaluator
     summary = _decision_text
     if not diff:
         return {**row, "status": "MATCH", "attested": summary(attested), "now": summary(now)}
-    return {**row, "status": "DIVERGED", "attested": summary(attested), "now": summary(now), "diff": diff}
+    return {**row, "status": "DIVERGED", "attested": summary(attested), "now": summary(now), "changed": list(diff), "diff": diff}
 
 
 def _decision_text(d: dict[str, Any]) -> str:
@@ -215,38 +234,40 @@ def _signals(line: bytes | None, eid: str) -> tuple[dict[str, Any] | None, str |
 
 
 @contextmanager
-def _records(path: Path) -> Iterator[tuple[Iterator[tuple[int, bytes, bytes | None]], dict, int | None]]:
-    """(line number, canonical attestation, signals line) per execution, the stored policies, and how many."""
-    if is_duckdb_file(path):
-        con = connect(path, read_only=True)
-        try:
+def _records(source: Any) -> Iterator[tuple[Iterator[tuple[int, bytes, bytes | None, bool]], dict, int | None]]:
+    """(line number, canonical attestation, signals line, imported unverified) per execution, the stored policies, how many."""
+    if open_in_process(source) is not None or is_duckdb_file(Path(source)):
+        with reading(source) as con:
             policies = {(p, v): policy_entry(doc, (p, v))
                         for p, v, doc in con.execute("SELECT policyId, policyVersion, document FROM policies").fetchall()}
             total = con.execute("SELECT count(*) FROM attestations").fetchall()[0][0]  # before the streaming query
+            status = "a.import_status = 'unverified'" if _has_status(con) else "false"
             cur = con.execute(
-                "SELECT a.seq, a.canonical, s.signals, a.executionId FROM attestations a LEFT JOIN "
+                f"SELECT a.seq, a.canonical, s.signals, a.executionId, {status} FROM attestations a LEFT JOIN "
                 "(SELECT executionId, any_value(signals) AS signals FROM signals GROUP BY ALL) s USING (executionId) ORDER BY a.seq"
             )
 
-            def rows() -> Iterator[tuple[int, bytes, bytes | None]]:
+            def rows() -> Iterator[tuple[int, bytes, bytes | None, bool]]:
                 while batch := cur.fetchmany(10_000):
-                    for seq, canonical, sig, eid in batch:
-                        yield seq, canonical.encode("utf-8"), signals_line(eid, sig) if sig else None
+                    for seq, canonical, sig, eid, unverified in batch:
+                        yield seq, canonical.encode("utf-8"), signals_line(eid, sig) if sig else None, bool(unverified)
 
             yield rows(), policies, total
-        finally:
-            con.close()
         return
-    with open_archive(path) as root:
-        if not (root / ATTESTATIONS).is_file():
-            raise ArchiveError("ARC-005", f"{path} has no {ATTESTATIONS}; is this a parmana archive or audit DB?")
+    with open_archive(source) as root:
+        lines_path = require_attestations(root, source)
         aligner = SignalsAligner(iter_lines(root / SIGNALS)) if (root / SIGNALS).is_file() else None
 
-        def lines() -> Iterator[tuple[int, bytes, bytes | None]]:
-            for number, line in enumerate(iter_lines(root / ATTESTATIONS), start=1):
-                yield number, line, aligner.for_line(line) if aligner else None
+        def lines() -> Iterator[tuple[int, bytes, bytes | None, bool]]:
+            for number, line in enumerate(iter_lines(lines_path), start=1):
+                yield number, line, aligner.for_line(line) if aligner else None, False
 
         yield lines(), load_archive_policies(root), _manifest_count(root)
+
+
+def _has_status(con) -> bool:
+    return bool(con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'attestations' "
+                            "AND column_name = 'import_status'").fetchall()[0][0])
 
 
 def _manifest_count(root: Path) -> int | None:

@@ -160,8 +160,9 @@ class Runtime:
     def _run_chunk_unpaused(self, raws: list[Any]) -> list[Result]:
         now = self._clock()
         results: list[Result | None] = [None] * len(raws)
-        refusals: list[tuple] = []
+        refusals: list[tuple] = []  # each stamped when it happened
         pending: list[_Pending] = []
+        repeats: list[tuple[ParmanaError, Any, _Pending]] = []  # refused by an earlier request of this batch
         seen_fp: set[str] = set()
         seen_id: set[str] = set()
         for i, raw in enumerate(raws):
@@ -169,7 +170,7 @@ class Runtime:
                 item = self._prepare(i, raw)
             except ParmanaError as exc:
                 results[i] = exc
-                refusals.append(_refusal_row(now, exc, raw))
+                refusals.append(_refusal_row(self._clock(), exc, raw))
                 continue
             if item.fingerprint in seen_fp or item.execution_id in seen_id:
                 code, what = (
@@ -179,7 +180,7 @@ class Runtime:
                 )
                 exc = ReplayError(code, "replay", what)
                 results[i] = exc
-                refusals.append(_refusal_row(now, exc, raw, item))
+                repeats.append((exc, raw, item))
                 continue
             seen_fp.add(item.fingerprint)
             seen_id.add(item.execution_id)
@@ -193,7 +194,7 @@ class Runtime:
         used = {id(p.policy): p.policy for p in pending}.values()
         policies = {p.key: (p.bundleHash, canonicalize(p.document).decode("utf-8")) for p in used}
         try:
-            refused = audit.reserve(self.db, candidates, policies, refusals, now=now, ttl=self.reservation_ttl)
+            refused = audit.reserve(self.db, candidates, policies, refusals, now=now, ttl=self.reservation_ttl, clock=self._clock)
         except (duckdb.Error, AuditStoreError) as exc:
             raise ReplayError(
                 "INV-REPLAY-001", "replay", f"no usable replay store in {self.db.path} ({first_line(exc)}); execution refused"
@@ -206,11 +207,15 @@ class Runtime:
                 results[item.index] = ReplayError(code, "replay", reason) if code.startswith("INV") else _policy_error(code, reason)
             else:
                 signed.append(self._sign(item, templates))
+        # a repeat is refused once the request it repeats has been decided: stamped after that was signed
+        late = [_refusal_row(self._clock(), exc, raw, item) for exc, raw, item in repeats]
         if signed:
             shared = [{**before, **after, "signerKeyId": self._key.key_id} for _, (before, after) in templates.values()]
-            self._confirm(signed, shared)
+            self._confirm(signed, shared, late)
             for item, body, _ in signed:
                 results[item.index] = ExecutionAttestation._trusted(body, item.decision)
+        else:
+            self._record_refusals(late)
         return results  # type: ignore[return-value]
 
     def _template(self, item: _Pending) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -270,9 +275,10 @@ class Runtime:
             self._last_ms, self._last_text = ms, format_ts(ms)
         return self._last_text
 
-    def _confirm(self, signed: list[tuple[_Pending, dict[str, Any], tuple]], templates: list[dict[str, Any]]) -> None:
+    def _confirm(self, signed: list[tuple[_Pending, dict[str, Any], tuple]], templates: list[dict[str, Any]],
+                 refusals: list[tuple]) -> None:
         try:
-            audit.confirm(self.db, templates, [row for _, _, row in signed], now=self._clock())
+            audit.confirm(self.db, templates, [row for _, _, row in signed], now=self._clock(), refusals=refusals)
         except (duckdb.Error, AuditStoreError) as exc:
             try:
                 audit.mark_failed(self.db, [item.fingerprint for item, _, _ in signed], now=self._clock(), ttl=self.failed_ttl)

@@ -48,6 +48,7 @@ from .archive import (
     iter_line_blocks,
     manifest_message,
     open_archive,
+    require_attestations,
 )
 from .attestation import ExecutionAttestation, decode_signature, parse_attestation_line
 from .canonical import canonicalize, parse_json
@@ -206,6 +207,9 @@ class ArchiveCheck(BaseModel):
 
 
 ARCHIVE_HINTS = {
+    "TRUST_FROM_ARCHIVE": "the trust store given is the archive's own keys.json: anyone who edits an archive can re-sign it "
+                          "and rewrite that file, so it proves nothing about who produced it; use the producer's trust store "
+                          "(or pass --trust-archive-keys to accept integrity only, explicitly)",
     "MANIFEST_MALFORMED": "manifest.json is missing or not a valid v1 manifest: nothing in the archive can be tied together",
     "MANIFEST_KEY_UNKNOWN": "the manifest is signed by a key your trust store does not hold",
     "MANIFEST_SIGNATURE_INVALID": "the manifest's signature does not verify: the manifest was edited or forged",
@@ -432,10 +436,11 @@ def verify_archive(
     if workers < 1:
         raise ValueError(f"workers must be at least 1, not {workers}")
     with open_archive(path) as root:
-        return _verify_tree(Path(path), root, trust_store, workers, progress, known_runtimes, trust_archive_keys, chunk_lines)
+        return verify_tree(Path(path), root, trust_store, workers=workers, progress=progress, known_runtimes=known_runtimes,
+                           trust_archive_keys=trust_archive_keys, chunk_lines=chunk_lines)
 
 
-def _load_trust(trust_store: TrustStore | str | Path | None) -> TrustStore:
+def load_trust(trust_store: TrustStore | str | Path | None) -> TrustStore:
     if isinstance(trust_store, TrustStore):
         return trust_store
     if trust_store is None:
@@ -443,19 +448,49 @@ def _load_trust(trust_store: TrustStore | str | Path | None) -> TrustStore:
     return TrustStore.load(trust_store)
 
 
-def _verify_tree(source, root, trust_store, workers, progress, known_runtimes, trust_archive_keys, chunk_lines) -> ArchiveReport:
-    store = _load_trust(trust_store)
-    trust = "verifier trust store"
+OWN_KEYS_TRUST = "the archive's own keys.json given as the trust store (proves the archive is intact, not who produced it)"
+
+
+def _is_archive_keys(trust_path: Path, source: Path, root: Path) -> bool:
+    """A trust store file that is the archive's keys.json: inside the archive, or a byte-identical copy."""
+    try:
+        resolved = trust_path.resolve()
+        if any(resolved.is_relative_to(p.resolve()) for p in (source, root) if p.is_dir()):
+            return True
+        return (root / KEYS).is_file() and trust_path.read_bytes() == (root / KEYS).read_bytes()
+    except OSError:
+        return False
+
+
+def _trust(source: Path, root: Path, trust_store: TrustStore | str | Path | None, trust_archive_keys: bool) -> tuple[TrustStore, str, bool]:
+    """(keys to trust, how the report names them, whether the given store is the archive's own keys)."""
+    own = isinstance(trust_store, (str, Path)) and _is_archive_keys(Path(trust_store), source, root)
+    store = load_trust(trust_store)
+    trust = OWN_KEYS_TRUST if own else "verifier trust store"
     if trust_archive_keys:
         try:
             archive_keys = TrustStore.from_json((root / KEYS).read_bytes(), source=f"{source}/{KEYS}")
         except (OSError, KeyStoreError) as exc:
             raise ArchiveError("ARC-005", f"--trust-archive-keys given but the archive's {KEYS} is unusable: {exc}") from None
         store = store.merged(archive_keys.keys)
-        trust = "verifier trust store + the archive's own keys.json (explicitly trusted: proves integrity, not authorship)"
-    if not (root / ATTESTATIONS).is_file():
-        raise ArchiveError("ARC-005", f"{source} has no {ATTESTATIONS}; is this a parmana archive?")
+        trust = ("the archive's own keys.json" if own or not trust_store else trust + " + the archive's own keys.json") + \
+            " (explicitly trusted: proves integrity, not authorship)"
+    if not store.keys:
+        raise KeyStoreError("KEY-004", "verify", "the trust store holds no keys, so no signature could be checked; pass the "
+                            "producer's trust store (what `parmana-lab keys --json` prints on its side)")
+    return store, trust, own and not trust_archive_keys
+
+
+def verify_tree(source: Path, root: Path, trust_store: TrustStore | str | Path | None, *, workers: int = 1,
+                progress: Progress = False, known_runtimes: Iterable[str] | None = None, trust_archive_keys: bool = False,
+                chunk_lines: int = 2_048) -> ArchiveReport:
+    """verify_archive on an archive already opened at ``root`` (``source`` is the path as given)."""
+    require_attestations(root, source)
+    store, trust, own_keys = _trust(source, root, trust_store, trust_archive_keys)
     checks: list[ArchiveCheck] = []
+    if own_keys:
+        checks.append(_archive_check("TRUST_FROM_ARCHIVE", "a trust store from the producer, obtained apart from the archive",
+                                     f"{trust_store} is the archive's own {KEYS}"))
     manifest = _check_manifest(root, store, checks)
     signals_path = root / SIGNALS
     ctx = Context.build(store, known_runtimes, policies=load_archive_policies(root), signals_available=signals_path.is_file())
@@ -481,7 +516,7 @@ def _verify_tree(source, root, trust_store, workers, progress, known_runtimes, t
         if manifest.merkleRoot != root_hash:
             checks.append(_archive_check("MERKLE_ROOT_MISMATCH", manifest.merkleRoot, root_hash,
                                          lines="unknown: the manifest holds only the root, not per-line hashes"))
-    return ArchiveReport(source=source.name, trust=trust, archive_checks=checks, table=table)
+    return ArchiveReport(source=str(source), trust=trust, archive_checks=checks, table=table)
 
 
 def _archive_check(code: str, expected: str, observed: str, lines: str | None = None) -> ArchiveCheck:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from parmana_lab import Runtime, canonicalize
-from parmana_lab.archive import ArchiveError, import_archive, iter_lines, open_archive
+from parmana_lab.archive import ArchiveError, iter_lines, open_archive
+from parmana_lab.imports import ImportRefused, import_archive
 
 from .conftest import REPO, claims_request, loan_request
 
@@ -163,10 +164,10 @@ def test_oversized_lines_are_refused_without_reading_them_whole(tmp_path):
 
 
 def test_import_is_idempotent_and_reports_conflicts(exported, tmp_path, policy_dir):
-    path, _ = exported
+    path, store = exported
     with Runtime(tmp_path / "auditor", policies=policy_dir) as rt:
-        first = import_archive(path, rt.db)
-        again = import_archive(path, rt.db)
+        first = import_archive(path, rt.db, store)
+        again = import_archive(path, rt.db, store)
         assert (first.inserted, first.already_present, first.conflicts) == (15, 0, [])
         assert (again.inserted, again.already_present, again.conflicts) == (0, 15, [])
         assert rt.db.count() == 15 and rt.db.count("signals") == 15 and first.policies_added == 5
@@ -179,9 +180,13 @@ def test_import_is_idempotent_and_reports_conflicts(exported, tmp_path, policy_d
         lines[0] = canonicalize(att)
         (bad / "attestations.jsonl").write_bytes(b"\n".join(lines) + b"\n")
         before = rt.db.sql("SELECT canonical FROM attestations WHERE executionId = ?", [att["executionId"]]).iloc[0, 0]
-        result = import_archive(bad, rt.db)
-        assert result.inserted == 0 and result.already_present == 14
-        assert result.conflicts == [{"executionId": att["executionId"], "line": 1, "with": "the record already in the audit DB"}]
+        with pytest.raises(ImportRefused) as info:  # it does not verify: refused whole, before anything is written
+            import_archive(bad, rt.db, store)
+        assert info.value.code == "ARC-009" and "SIGNATURE_INVALID" in info.value.reason
+        result = import_archive(bad, rt.db, unverified=True)  # the user insists: still never overwritten
+        assert result.inserted == 0 and result.already_present == 14 and result.status == "unverified"
+        assert result.conflicts == [{"executionId": att["executionId"], "line": 1, "with": "the record already in the audit DB",
+                                     "archive_side": "unverified", "db_side": "imported after verification"}]
         after = rt.db.sql("SELECT canonical FROM attestations WHERE executionId = ?", [att["executionId"]]).iloc[0, 0]
         assert after == before
 
@@ -196,14 +201,23 @@ def test_cli_export_verify_import_round_trip(tmp_path):
     out = cli("verify", tmp_path / "a.zip", tmp_path / "a.tar.gz", "--json", "--trust", trust)
     assert out.returncode == 0, out.stdout
     rows = [json.loads(x) for x in out.stdout.splitlines()]
-    assert len(rows) == 3 + 1 + 3 + 1
-    assert set(rows[0]) == {"executionId", "line", "status", "code", "checks", "hint"}
+    assert len(rows) == 3 + 1 + 3 + 1 + 1
+    assert set(rows[0]) == {"source", "executionId", "line", "status", "code", "checks", "hint"}
+    assert rows[0]["source"] == str(tmp_path / "a.zip") and [r["line"] for r in rows[:3]] == [1, 2, 3]
     assert rows[3]["archive"]["status"] == "verified" and rows[3]["archive"]["codes"] == []
+    assert {k: rows[3]["archive"][k] for k in ("total", "verified", "warnings", "failed")} == \
+        {"total": 3, "verified": 3, "warnings": 0, "failed": 0}
     assert rows[4]["checks"]["fingerprint"] == "not_checkable" and rows[4]["code"] == "VERIFIED"
+    assert rows[-1]["summary"] == {"archives": 2, "verified": 2, "failed": 0, "unusable": 0, "exit": 0, "codes": {"VERIFIED": 6},
+                                   "attestations": {"total": 6, "verified": 6, "warnings": 0, "failed": 0}}
     text = cli("--workspace", ws, "verify", tmp_path / "a.zip").stdout  # default trust: the workspace's
-    assert "VERIFIED" in text and "3/3 verified" in text
-    imported = cli("--workspace", tmp_path / "auditor", "import", tmp_path / "a.zip", "--json")
-    assert imported.returncode == 0 and json.loads(imported.stdout)["inserted"] == 3
+    assert "VERIFIED" in text and "3 attestations: 3 verified" in text
+    no_trust = cli("--workspace", tmp_path / "auditor", "import", tmp_path / "a.zip", "--json")
+    assert no_trust.returncode == 2 and "KEY-004" in no_trust.stderr  # nothing to verify it with: nothing imported
+    imported = cli("--workspace", tmp_path / "auditor", "import", tmp_path / "a.zip", "--trust", trust, "--json")
+    first, summary = (json.loads(x) for x in imported.stdout.splitlines())
+    assert imported.returncode == 0 and first["inserted"] == 3 and first["status"] == "verified"
+    assert summary["summary"]["exit"] == 0 and summary["summary"]["imported"] == 1
 
 
 def test_cli_verify_exit_codes(exported, tmp_path):
@@ -214,8 +228,11 @@ def test_cli_verify_exit_codes(exported, tmp_path):
     (path / "attestations.jsonl").write_bytes(b"\n".join(lines[1:]) + b"\n")
     failed = cli("verify", path, "--json", "--trust", trust)
     assert failed.returncode == 1
-    last = json.loads(failed.stdout.splitlines()[-1])["archive"]
+    last = json.loads(failed.stdout.splitlines()[-2])["archive"]
     assert last["status"] == "failed" and {"COUNT_MISMATCH", "MERKLE_ROOT_MISMATCH"} <= set(last["codes"])
+    assert (last["total"], last["verified"], last["failed"]) == (14, 14, 0)  # only the archive-level checks failed
+    text = cli("verify", path, "--trust", trust).stdout
+    assert "FAILED  14 attestations: 14 verified, 0 warnings, 0 failed; archive checks failed: COUNT_MISMATCH" in text
     unusable = cli("verify", tmp_path / "nowhere.zip", "--trust", trust)
     assert unusable.returncode == 2 and "[ARC-001@archive]" in unusable.stderr
     no_trust = cli("--workspace", tmp_path / "empty", "verify", path)
@@ -235,7 +252,7 @@ def test_import_streams_in_chunks_with_the_same_outcome(exported, tmp_path, poli
     results, contents = [], []
     for n, chunk in enumerate((1, 2, 7, 20_000)):
         with Runtime(tmp_path / f"auditor{n}", policies=policy_dir) as rt:
-            results.append(import_archive(odd, rt.db, chunk_lines=chunk).model_dump(exclude={"archive"}))
+            results.append(import_archive(odd, rt.db, unverified=True, chunk_lines=chunk).model_dump(exclude={"archive"}))
             contents.append((rt.db.sql("SELECT seq, executionId, canonical FROM attestations ORDER BY seq").values.tolist(),
                              rt.db.sql("SELECT * FROM signals ORDER BY executionId").values.tolist()))
     assert all(r == results[0] for r in results) and all(c == contents[0] for c in contents)

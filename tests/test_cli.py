@@ -26,8 +26,11 @@ def test_run_json_lines_in_order_with_refusals(tmp_path, policy_dir):
     broken = tmp_path / "broken.json"
     broken.write_text("{oops")
     out = cli("--workspace", ws, "run", *files, single, broken, "--policies", policy_dir, "--json", check_code=1)
-    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    *lines, summary = [json.loads(line) for line in out.stdout.splitlines()]
     assert len(lines) == 5 + 4 + 1 + 1 + 1
+    assert summary == {"summary": {"requests": 12, "executed": 7, "refused": 5, "exit": 1,
+                                   "states": {"completed": 6, "pending_override": 1},
+                                   "codes": {"POL-001": 1, "VAL-001": 1, "VAL-007": 2, "VAL-011": 1}}}
     atts = [ExecutionAttestation.model_validate(x) for x in lines[:5]]
     assert [a.decision.action for a in atts] == ["approve", "reject", "manual_review", "approve", "reject"]
     assert [x["error"]["code"] for x in lines[5:9]] == ["VAL-007", "VAL-007", "VAL-011", "POL-001"]
@@ -38,7 +41,7 @@ def test_run_json_lines_in_order_with_refusals(tmp_path, policy_dir):
     for line in out.stdout.splitlines()[:5]:
         assert canonicalize(json.loads(line)).decode() == line  # printed canonically
     again = cli("--workspace", ws, "run", SAMPLE_REQUESTS / "replayed.json", "--policies", policy_dir, "--json", check_code=1)
-    assert json.loads(again.stdout)["error"]["code"] == "INV-013"
+    assert json.loads(again.stdout.splitlines()[0])["error"]["code"] == "INV-013"
 
 
 def test_run_exit_zero_when_all_execute(tmp_path, policy_dir):
@@ -49,7 +52,7 @@ def test_run_exit_zero_when_all_execute(tmp_path, policy_dir):
 def test_keys_json_is_a_trust_store_that_verifies_run_output(tmp_path, policy_dir):
     ws = tmp_path / "ws"
     out = cli("--workspace", ws, "run", SAMPLE_REQUESTS / "claims-approval.json", "--policies", policy_dir, "--json", check_code=0)
-    atts = [ExecutionAttestation.model_validate_json(x) for x in out.stdout.splitlines()]
+    atts = [ExecutionAttestation.model_validate_json(x) for x in out.stdout.splitlines()[:-1]]
     store = TrustStore.from_json(cli("--workspace", ws, "keys", "--json", check_code=0).stdout)
     assert all(verify_signature(a, store.get(a.signerKeyId).publicKey) for a in atts)
     assert set(store.keys[0].model_dump()) == {"keyId", "publicKey", "notBefore", "notAfter", "revokedAt"}
@@ -71,8 +74,9 @@ def test_runtime_json_matches_the_api():
 
 def test_policies_lists_hashes_and_errors(tmp_path, policy_dir):
     out = cli("policies", "--policies", policy_dir, "--json", check_code=0)
-    rows = [json.loads(x) for x in out.stdout.splitlines()]
+    *rows, summary = [json.loads(x) for x in out.stdout.splitlines()]
     assert len(rows) == 5 and all(len(r["bundleHash"]) == 64 for r in rows)
+    assert summary == {"summary": {"loaded": 5, "failed": 0, "exit": 0}}
     bad = policy_dir / "broken" / "1.0.0" / "policy.json"
     bad.parent.mkdir(parents=True)
     bad.write_text('{"policyId": "broken"}')

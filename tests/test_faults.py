@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from parmana_lab import AuditDB, AuditStoreError, Keyring, Runtime, verify_attestation
-from parmana_lab.archive import import_archive
+from parmana_lab.imports import import_archive
 
 from .conftest import FakeClock, claims_request
 from .crash_child import request_for
@@ -104,7 +104,7 @@ def test_wait_lets_the_second_process_proceed_once_the_first_lets_go(tmp_path, p
     requests = write_requests(tmp_path / "r.json", [claims_request(risk_score=s) for s in range(5)])
     out = cli("--workspace", ws, "--wait", 60, "run", "--json", "--policies", policy_dir, requests)
     assert out.returncode == 0, out.stderr
-    assert assert_consistent(ws, out.stdout.splitlines()) == 5
+    assert assert_consistent(ws, out.stdout.splitlines()[:-1]) == 5
 
 
 def test_two_processes_at_once_never_confirm_a_fingerprint_twice(tmp_path, policy_dir):
@@ -118,7 +118,7 @@ def test_two_processes_at_once_never_confirm_a_fingerprint_twice(tmp_path, polic
     outputs = [p.communicate() for p in procs]
     assert all("Traceback" not in err for _, err in outputs)
     lines = [line for out, _ in outputs for line in out.splitlines()]
-    attested = [line for line in lines if not line.startswith('{"error"')]
+    attested = [line for line in lines if not line.startswith(('{"error"', '{"summary"'))]
     refused = [json.loads(line)["error"]["code"] for line in lines if line.startswith('{"error"')]
     assert len(attested) == 90 and refused == ["INV-013"] * 30  # the 30 shared requests ran once, wherever first
     assert assert_consistent(ws, attested) == 90
@@ -196,11 +196,12 @@ def test_import_on_a_full_disk_is_refused_and_completed_by_importing_again(tmp_p
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    out = cli("--workspace", ws, "import", archive, "--json", preexec_fn=full_disk)
+    trust = tmp_path / "producer" / "keys" / "trust.json"
+    out = cli("--workspace", ws, "import", archive, "--trust", trust, "--json", preexec_fn=full_disk)
     assert out.returncode == 2 and "[AUD-006@audit]" in out.stderr and "Traceback" not in out.stderr, out.stderr
-    again = cli("--workspace", ws, "import", archive, "--json")
+    again = cli("--workspace", ws, "import", archive, "--trust", trust, "--json")
     assert again.returncode == 0, again.stderr
-    result = json.loads(again.stdout)
+    result = json.loads(again.stdout.splitlines()[0])
     assert result["conflicts"] == [] and result["inserted"] + result["already_present"] == 3000
     with AuditDB(ws / "audit.duckdb") as db:
         assert db.count() == db.count("signals") == 3000
@@ -212,13 +213,14 @@ def test_import_stopped_by_duckdb_mid_chunk_says_why_and_is_completed_by_importi
     with Runtime(tmp_path / "producer", policies=policy_dir) as rt:
         rt.execute_many([request_for(0, i) for i in range(3000)])
         archive = rt.export_archive(tmp_path / "archive").path
+        trust = rt.trust_store()
     with AuditDB(tmp_path / "audit.duckdb") as db:
         db.connection.execute("SET memory_limit = '1MB'")
         with pytest.raises(AuditStoreError) as info:
-            import_archive(archive, db, chunk_lines=1000)
+            import_archive(archive, db, trust, chunk_lines=1000)
         assert info.value.code == "AUD-006" and "Out of Memory" in info.value.reason and "importing again" in info.value.reason
         db.connection.execute("RESET memory_limit")
-        result = import_archive(archive, db, chunk_lines=1000)
+        result = import_archive(archive, db, trust, chunk_lines=1000)
         assert result.conflicts == [] and result.inserted + result.already_present == 3000
         assert db.count() == db.count("signals") == 3000
 

@@ -107,12 +107,16 @@ def test_cli_audit_reproduce(tmp_path, policy_dir, clock):
 
     same = run(archive, "--json")
     assert same.returncode == 0
-    assert [json.loads(x)["status"] for x in same.stdout.splitlines()] == ["MATCH", "MATCH"]
+    *rows, summary = [json.loads(x) for x in same.stdout.splitlines()]
+    assert [r["status"] for r in rows] == ["MATCH", "MATCH"] and [r["line"] for r in rows] == [1, 2]
+    assert {r["source"] for r in rows} == {str(archive)}
+    assert summary["summary"]["exit"] == 0 and summary["summary"]["statuses"]["MATCH"] == 2
     what_if = run(db, "--json", "--policy-version", "loan-approval=1.1.0", "--policies", policy_dir)
     assert what_if.returncode == 1
     first = json.loads(what_if.stdout.splitlines()[0])
-    assert set(first) == {"executionId", "status", "diff", "why"} and first["status"] == "DIVERGED"
-    assert first["diff"]["action"] == ["manual_review", "approve"]
+    assert set(first) == {"source", "line", "executionId", "status", "changed", "diff", "why", "unverified"}
+    assert first["status"] == "DIVERGED" and first["diff"]["action"] == ["manual_review", "approve"]
+    assert set(first["changed"]) == set(first["diff"]) and "action" in first["changed"]
     assert run(archive, "--policy-version", "nonsense").returncode == 2
 
 

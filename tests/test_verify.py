@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from parmana_lab import Runtime, TrustStore, canonicalize
-from parmana_lab.archive import import_archive
+from parmana_lab import KeyStoreError, Runtime, TrustStore, canonicalize
 from parmana_lab.attestation import seal
+from parmana_lab.imports import import_archive
 from parmana_lab.verify import CHECKS, verify_archive, verify_attestation
 
 from .conftest import claims_request, loan_request, sample_requests
@@ -240,12 +240,13 @@ def test_replayed_fingerprint_across_runtimes_is_a_duplicate(tmp_path, policy_di
             paths.append(rt.export_archive(tmp_path / f"{name}-archive").path)
             clock.advance(5)
     with Runtime(tmp_path / "merged", policies=policy_dir, clock=clock) as rt:
+        producers = TrustStore()
+        for name in ("a", "b"):
+            producers = producers.merged(TrustStore.load(tmp_path / name / "keys" / "trust.json").keys)
         for p in paths:
-            import_archive(p, rt.db)
+            import_archive(p, rt.db, producers)
         merged = Path(rt.export_archive(tmp_path / "merged-archive").path)
-        store = rt.trust_store()
-    for p in paths:
-        store = store.merged(TrustStore.load(Path(p) / "keys.json").keys)
+        store = rt.trust_store().merged(producers.keys)
     report = verify(merged, store)
     assert row_codes(report) == ["VERIFIED", "DUPLICATE_FINGERPRINT"]
     assert "line 1" in report.failures()[0].expected
@@ -301,7 +302,9 @@ def test_no_signals_export_reports_not_checkable(tmp_path, policy_dir, clock):
 
 def test_trusting_the_archive_keys_must_be_explicit_and_is_reported(exported):
     path, _ = exported
-    assert set(row_codes(verify(path, TrustStore()))) == {"KEY_UNKNOWN"}
+    with pytest.raises(KeyStoreError) as info:  # no keys at all: nothing could be checked, so it is not a result
+        verify(path, TrustStore())
+    assert info.value.code == "KEY-004"
     report = verify(path, TrustStore(), trust_archive_keys=True)
     assert report.status == "verified" and "explicitly trusted" in report.summary.trust
 

@@ -1,8 +1,9 @@
-"""ReplayExplorer: replayed fingerprints across archives and audit DBs, occurrences side by side."""
+"""ReplayExplorer: replayed fingerprints across archives and audit DBs, the executions side by side."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -11,14 +12,14 @@ import pandas as pd
 
 from .._html import frame_html
 from ..charts import bar_chart
-from ..replays import OCCURRENCE_COLUMNS, ReplayReport, find_replays
+from ..replays import EXECUTION_COLUMNS, ReplayReport, find_replays
 from ._base import Panel, button, guarded, path_lines
 
-SIDE_BY_SIDE = [c for c in OCCURRENCE_COLUMNS if c != "execution_fingerprint"]
+SIDE_BY_SIDE = [c for c in EXECUTION_COLUMNS if c != "execution_fingerprint"]
 
 
 class ReplayExplorer(Panel):
-    """find_replays over the listed sources; pick a fingerprint to compare its occurrences.
+    """find_replays over the listed sources; pick a fingerprint to compare the executions that consumed it.
 
     Runs at once when given sources. Holds the report (and its DuckDB
     connection) until the next run or ``close()``.
@@ -64,12 +65,10 @@ class ReplayExplorer(Panel):
             self.report.close()
         self.report = report
         s = report.summary
-        self.summary.value = (f"<p>{s.records} records in {len(s.sources)} source(s): <b>{s.replayed_fingerprints}</b> "
-                              f"fingerprints used more than once ({s.extra_uses} extra uses), "
-                              f"<b>{s.reused_execution_ids}</b> executionIds reused with different content.</p>")
-        self.chart.value = bar_chart(report.by_source(), "replays by source") if len(report.occurrences) else ""
-        counts = report.occurrences.groupby("execution_fingerprint", sort=True)["source"].agg(["count", "unique"])
-        self.fingerprints.options = [(f"{fp[:16]}…  ×{row['count']}  in {', '.join(row['unique'])}", fp)
+        self.summary.value = f"<p>{len(s.sources)} source(s): {escape(report._headline())}</p>"
+        self.chart.value = bar_chart(report.by_source(), "replays by source") if len(report.executions) else ""
+        counts = report.executions.groupby("execution_fingerprint", sort=True)["source"].agg(["count", "unique"])
+        self.fingerprints.options = [(f"{fp[:16]}…  {row['count']} executions  in {', '.join(row['unique'])}", fp)
                                      for fp, row in counts.iterrows()]
         self.fingerprints.value = self.fingerprints.options[0][1] if counts.size else None
         self._show_occurrences()
@@ -78,12 +77,13 @@ class ReplayExplorer(Panel):
         self.notify("done" if s.replayed_fingerprints else "no replayed fingerprints")
 
     def occurrences_of(self, fingerprint: str) -> pd.DataFrame:
-        """One column per occurrence: the side-by-side view."""
+        """One column per execution that consumed the fingerprint (its copies under ``also_in``): the side-by-side view."""
         assert self.report is not None
-        occ = self.report.occurrences
-        rows = occ[occ["execution_fingerprint"] == fingerprint]
-        side = rows[SIDE_BY_SIDE].assign(runtimeHash=rows["runtimeHash"].str[:16] + "…").T
-        side.columns = [f"occurrence {i + 1}" for i in range(side.shape[1])]
+        ex = self.report.executions
+        rows = ex[ex["execution_fingerprint"] == fingerprint]
+        side = rows[SIDE_BY_SIDE].assign(runtimeHash=rows["runtimeHash"].str[:16] + "…",
+                                         also_in=rows["also_in"].map(lambda places: ", ".join(places) or "-")).T
+        side.columns = [f"execution {i + 1}" for i in range(side.shape[1])]
         return side
 
     def _show_occurrences(self, *_: Any) -> None:
