@@ -123,7 +123,7 @@ def run_demo(
     with find_replays([exported.path, second.path]) as replays:
         s = replays.summary
         echo(f"Replay detection over both runtimes' archives: {s.records} records, {s.replayed_fingerprints} fingerprints "
-             f"consumed more than once ({s.extra_uses} extra uses)")
+             f"consumed by more than one execution ({s.extra_uses} extra uses, {s.copies} copies)")
     return summary.model_copy(update={"archive": exported.path, "archive_status": report.status})
 
 
