@@ -9,6 +9,7 @@ An archive is a directory, or the same tree as .zip or .tar.gz:
                          order; signals null where the exporter has none (optional file)
     policies/{id}/{version}/policy.json
     keys.json            the exporter's public keys (information only)
+    checkpoint           a full export of the runtime's log: its signed C2SP checkpoint at this size
 
 Opening never trusts the container: members that would land outside the
 target, links, special files and absurd sizes are refused before any byte is
@@ -20,11 +21,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import shutil
 import stat
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -47,6 +49,7 @@ MANIFEST = "manifest.json"
 ATTESTATIONS = "attestations.jsonl"
 SIGNALS = "signals.jsonl"
 KEYS = "keys.json"
+CHECKPOINT = "checkpoint"
 POLICIES = "policies"
 ArchiveFormat = Literal["dir", "zip", "tar.gz"]
 
@@ -112,19 +115,33 @@ def export_archive(
     policy_id: str | None = None,
     policy_version: str | None = None,
     clock: Clock = system_clock,
+    checkpoint: Callable[[int, str], str | None] | None = None,
 ) -> ExportResult:
-    """Write the audit DB's attestations (all, or issuedAt in [since, until) / one policy) as an archive."""
+    """Write the audit DB's attestations (all, or issuedAt in [since, until) / one policy) as an archive.
+
+    ``checkpoint(count, merkleRoot)`` may return a signed checkpoint note to include as ``checkpoint``
+    (listed in the manifest), or raise to refuse the export; nothing is left behind either way.
+    """
     out = Path(out)
     if out.exists() and (out.is_file() or any(out.iterdir())):
         raise ArchiveError("ARC-007", f"{out} already exists; choose a new path (archives are never overwritten)")
     where, params = _filters(since, until, policy_id, policy_version)
     if format == "dir":
+        created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
-        result = _write_tree(db, out, key, trust_store, signals, where, params, clock)
+        try:
+            result = _write_tree(db, out, key, trust_store, signals, where, params, clock, checkpoint)
+        except BaseException:
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
+            else:
+                for child in out.iterdir():
+                    shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+            raise
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as tmp:
-            result = _write_tree(db, Path(tmp), key, trust_store, signals, where, params, clock)
+            result = _write_tree(db, Path(tmp), key, trust_store, signals, where, params, clock, checkpoint)
             partial = out.with_name(out.name + ".partial")
             _pack(Path(tmp), partial, format)
             os.replace(partial, out)
@@ -145,7 +162,7 @@ def _filters(since, until, policy_id, policy_version) -> tuple[str, list[Any]]:
     return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
-def _write_tree(db, root: Path, key, trust_store, with_signals, where, params, clock) -> ExportResult:
+def _write_tree(db, root: Path, key, trust_store, with_signals, where, params, clock, checkpoint=None) -> ExportResult:
     files: dict[str, str] = {}
     merkle = MerkleBuilder()
     referenced: set[tuple[str, str]] = set()
@@ -179,6 +196,11 @@ def _write_tree(db, root: Path, key, trust_store, with_signals, where, params, c
         data = rows.iloc[0, 0].encode("utf-8")
         path.write_bytes(data)
         files[rel] = hashlib.sha256(data).hexdigest()
+    note = checkpoint(merkle.count, merkle.root()) if checkpoint is not None else None
+    if note is not None:
+        data = note.encode("utf-8")
+        (root / CHECKPOINT).write_bytes(data)
+        files[CHECKPOINT] = hashlib.sha256(data).hexdigest()
     keys = canonicalize(trust_store.model_dump(mode="json"))
     (root / KEYS).write_bytes(keys)
     files[KEYS] = hashlib.sha256(keys).hexdigest()

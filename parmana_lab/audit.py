@@ -24,10 +24,11 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from . import translog
 from .attestation import FIELDS
 from .errors import AuditStoreError, ParmanaError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DECISION_FIELDS = ("action", "requires_override", "reason", "ruleId")
 # every attestation member as a column (decision flattened), in wire order, then the canonical JSON
 ATTESTATION_COLUMNS = (
@@ -112,9 +113,23 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         ALTER TABLE schema_migrations ALTER COLUMN applied_at TYPE TIMESTAMPTZ;
         """,
     ),
+    (
+        # v3: the transparency log (translog.py): this runtime's records numbered as leaves, the hash of every
+        # complete aligned subtree, and the checkpoints signed (their nodes are backfilled by _backfill_log)
+        3,
+        """
+        ALTER TABLE attestations ADD COLUMN log_index BIGINT;
+        UPDATE attestations SET log_index = r.i
+        FROM (SELECT executionId, row_number() OVER (ORDER BY seq) - 1 AS i FROM attestations WHERE import_status IS NULL) r
+        WHERE attestations.executionId = r.executionId;
+        CREATE TABLE log_nodes (level TINYINT NOT NULL, end_leaf BIGINT NOT NULL, hash BLOB NOT NULL);
+        CREATE TABLE log_checkpoints (size BIGINT PRIMARY KEY, root BLOB NOT NULL, note VARCHAR NOT NULL,
+                                      signed_at TIMESTAMPTZ NOT NULL);
+        """,
+    ),
 )
 # what an insert writes: the wire columns, then issued_at derived from issuedAt
-INSERT_COLUMNS = (*ATTESTATION_COLUMNS, "issued_at")
+INSERT_COLUMNS = (*ATTESTATION_COLUMNS, "issued_at", "log_index")
 
 _LOCK_PID = re.compile(r"\(PID (\d+)\)")
 
@@ -210,6 +225,8 @@ class AuditDB:
             for v, sql in pending:
                 con.execute(sql)
                 con.execute("INSERT INTO schema_migrations VALUES (?, ?)", [v, utc(datetime.now(timezone.utc))])
+                if v == 3:
+                    _backfill_log(con)
 
     # -- transactions ----------------------------------------------------------------
 
@@ -465,6 +482,17 @@ def reserve(
     return refused
 
 
+def _backfill_log(con) -> None:
+    """Log nodes for the records an audit DB held before it had a log (migration to v3), in chunks."""
+    size = 0
+    rows = con.execute("SELECT canonical FROM attestations WHERE log_index IS NOT NULL ORDER BY log_index").fetchall()
+    for start in range(0, len(rows), 50_000):
+        lines = [r[0].encode("utf-8") for r in rows[start:start + 50_000]]
+        with Registered(con, backfill=translog.append_nodes(con, size, lines)):
+            con.execute("INSERT INTO log_nodes SELECT level, end_leaf, hash FROM backfill")
+        size += len(lines)
+
+
 def _register_policies(con, policies: dict[tuple[str, str], tuple[str, str]], at: datetime) -> dict:
     """Record first use of each policy version; refuse one whose bytes changed since."""
     changed: dict[tuple[str, str], tuple[str, str]] = {}
@@ -516,14 +544,18 @@ def confirm(db: AuditDB, templates: list[dict[str, Any]], rows: list[tuple], *, 
     }
     columns = [column(c) for c in zip(*rows)]
     with db.transaction() as con:
-        start = con.execute("SELECT coalesce(max(seq), 0) FROM attestations").fetchall()[0][0] + 1
-        new_rows = {"seq": np.arange(start, start + len(rows), dtype=np.int64), **dict(zip(_ROW_FIELDS, columns))}
-        with Registered(con, new_rows=new_rows, templates=shared):
+        start, leaves = con.execute("SELECT coalesce(max(seq), 0) + 1, coalesce(max(log_index) + 1, 0) FROM attestations"
+                                    ).fetchall()[0]
+        new_rows = {"seq": np.arange(start, start + len(rows), dtype=np.int64), **dict(zip(_ROW_FIELDS, columns)),
+                    "log_index": np.arange(leaves, leaves + len(rows), dtype=np.int64)}
+        nodes = translog.append_nodes(con, leaves, [r[6].encode("utf-8") for r in rows])
+        with Registered(con, new_rows=new_rows, templates=shared, new_nodes=nodes):
             con.execute(
                 f"INSERT INTO attestations ({', '.join(INSERT_COLUMNS)}) SELECT "
-                f"{', '.join(_select_column(c) for c in ATTESTATION_COLUMNS)}, CAST(n.issuedAt AS TIMESTAMPTZ) "
+                f"{', '.join(_select_column(c) for c in ATTESTATION_COLUMNS)}, CAST(n.issuedAt AS TIMESTAMPTZ), n.log_index "
                 "FROM new_rows n JOIN templates t USING (tpl)"
             )
+            con.execute("INSERT INTO log_nodes SELECT level, end_leaf, hash FROM new_nodes")
             con.execute("INSERT INTO signals SELECT executionId, signals FROM new_rows")
             con.execute(
                 "UPDATE replay SET state = 'CONFIRMED', expires_at = NULL, updated_at = ? "

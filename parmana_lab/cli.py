@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -14,7 +15,8 @@ from .canonical import canonicalize
 from .demo import describe, load_requests, run_demo
 from .errors import KeyStoreError, ParmanaError, PolicyError, RequestError
 from .imports import ImportRefused, import_archive
-from .keys import Keyring, TrustStore
+from .keys import Keyring, TrustStore, load_key_file, new_key_file
+from .logverify import verify_log_file
 from .policy import PolicyStore
 from .provenance import runtime_info
 from .replays import find_replays
@@ -22,6 +24,7 @@ from .reports import archive_text
 from .reproducibility import reproduce
 from .runtime import Runtime
 from .verify import verify_archive
+from .witness import WitnessError, cosign, witness_vkey
 from .workspace import DEFAULT_WORKSPACE, Workspace, default_policy_dir
 
 EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = 0, 1, 2
@@ -54,9 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     keys = sub.add_parser("keys", help="show the trust store; `keys rotate` makes a new signing key")
-    keys.add_argument("action", nargs="?", choices=["show", "rotate", "revoke"], default="show")
+    keys.add_argument("action", nargs="?", choices=["show", "rotate", "revoke", "new"], default="show")
     keys.add_argument("key_id", nargs="?", help="with revoke: the keyId")
     keys.add_argument("--at", help="with revoke: revoked from this UTC time (default now)")
+    keys.add_argument("--out", type=Path, help="with new: the file for a personal key (a witness's), written 0600")
     keys.add_argument("--json", action="store_true")
     keys.set_defaults(func=cmd_keys)
 
@@ -86,6 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     ver.add_argument("--trust-archive-keys", action="store_true", help="also trust the archive's own keys.json (says so in the result)")
     ver.add_argument("--known-runtime", action="append", default=None, metavar="HASH",
                      help="runtimeHash to accept without a RUNTIME_UNKNOWN warning (repeatable; default: this kit's)")
+    ver.add_argument("--checkpoint", type=Path, metavar="OLD",
+                     help="an older checkpoint of the producer's log: the archive must extend it (HISTORY_INCONSISTENT otherwise)")
     ver.add_argument("--no-progress", action="store_true")
     ver.set_defaults(func=cmd_verify)
 
@@ -111,6 +117,44 @@ def _parser() -> argparse.ArgumentParser:
                      help="what if: re-run policy ID under VERSION instead (repeatable; needs --policies)")
     rep.add_argument("--policies", type=Path, help="policy folder for --policy-version (default ./sample_policies or bundled)")
     rep.set_defaults(func=cmd_audit_reproduce)
+
+    log = sub.add_parser("log", help="the runtime's transparency log: checkpoints, inclusion and consistency proofs")
+    log_sub = log.add_subparsers(dest="log_command")
+    log.add_argument("--json", action="store_true")
+    log.set_defaults(func=cmd_log)
+    cp = log_sub.add_parser("checkpoint", help="sign and print a checkpoint of the current log")
+    cp.add_argument("--out", type=Path)
+    cp.set_defaults(func=cmd_log_checkpoint)
+    pr = log_sub.add_parser("prove", help="inclusion proof (c2sp.org/tlog-proof@v1) of one attestation")
+    pr.add_argument("execution_id")
+    pr.add_argument("--checkpoint", type=Path, help="prove against this checkpoint (default: the latest)")
+    pr.add_argument("--out", type=Path, required=True)
+    pr.set_defaults(func=cmd_log_prove)
+    pc = log_sub.add_parser("prove-consistency", help="consistency proof from an older checkpoint to a new one")
+    pc.add_argument("old", type=Path)
+    pc.add_argument("--out", type=Path)
+    pc.set_defaults(func=cmd_log_prove_consistency)
+    lv = log_sub.add_parser("verify", help="verify a checkpoint, inclusion proof or consistency proof offline")
+    lv.add_argument("file", type=Path)
+    lv.add_argument("--trust", type=Path, required=True, help="the log's trust store (what `parmana-lab keys --json` prints)")
+    lv.add_argument("--old", type=Path, help="the older checkpoint, for a consistency proof")
+    lv.add_argument("--witness", action="append", default=[], metavar="VKEY", help="a witness verifier key (repeatable)")
+    lv.add_argument("--min-witnesses", type=int, default=0)
+    lv.add_argument("--json", action="store_true")
+    lv.set_defaults(func=cmd_log_verify)
+    co = log_sub.add_parser("cosign", help="a local witness: cosign a checkpoint consistent with the last one it cosigned")
+    co.add_argument("checkpoint", type=Path)
+    co.add_argument("--key", type=Path, required=True)
+    co.add_argument("--name", required=True)
+    co.add_argument("--state", type=Path, required=True)
+    co.add_argument("--trust", type=Path, required=True, help="the log's trust store")
+    co.add_argument("--proof", type=Path, help="consistency proof from the size this witness last cosigned")
+    co.add_argument("--out", type=Path)
+    co.set_defaults(func=cmd_log_cosign)
+    wk = log_sub.add_parser("witness-key", help="print the witness's C2SP verifier key")
+    wk.add_argument("--key", type=Path, required=True)
+    wk.add_argument("--name", required=True)
+    wk.set_defaults(func=cmd_log_witness_key)
 
     demo = sub.add_parser("demo", help="run every sample request on a fresh demo workspace")
     demo.add_argument("--policies", type=Path)
@@ -185,6 +229,16 @@ def _executed(rt: Runtime, items: Iterator[Any]) -> Iterator[Any]:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
+    if args.action == "new":
+        if not args.out:
+            raise KeyStoreError("KEY-006", "keys", "keys new needs --out FILE.pem for the new private key")
+        key = new_key_file(args.out)
+        info = {"keyId": key.key_id, "publicKey": key.public_key_pem(), "path": str(args.out)}
+        if args.json:
+            _line(info)
+        else:
+            print(f"new key {key.key_id} in {args.out} (mode 0600)\n{info['publicKey']}", end="")
+        return EXIT_OK
     ring = Keyring(Workspace(args.workspace).keys_dir)
     if args.action == "rotate":
         key = ring.rotate()
@@ -300,7 +354,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         try:
             report = verify_archive(path, trust if trust else store, workers=args.workers,
                                     progress=not (args.json or args.no_progress), known_runtimes=args.known_runtime,
-                                    trust_archive_keys=args.trust_archive_keys)
+                                    trust_archive_keys=args.trust_archive_keys,
+                                    checkpoint=_read_file(args.checkpoint, "CHECKPOINT_MALFORMED") if args.checkpoint else None)
         except ParmanaError as exc:  # this archive is unusable; the others are still verified
             worst, outcomes["unusable"] = max(worst, EXIT_UNUSABLE), outcomes["unusable"] + 1
             if args.json:
@@ -425,6 +480,87 @@ def cmd_audit_reproduce(args: argparse.Namespace) -> int:
                       if row["status"] == "DIVERGED" else "")
             print(f"  line {row['line']} {row['executionId']}: {row['status']}  {row['why'] or ''}{change}")
     return code
+
+
+def _emit(text: str, out: Path | None) -> None:
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text, encoding="utf-8")
+        print(f"wrote {out}", file=sys.stderr)
+
+
+def _read_file(path: Path, code: str = "PROOF_MALFORMED") -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ParmanaError(code, "log", f"cannot read {path}: {exc.strerror}") from None
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    with Runtime(args.workspace, wait=args.wait) as rt:
+        info = rt.log.info()
+    if args.json:
+        _line(dataclasses.asdict(info))
+    else:
+        print(f"origin  {info.origin}\nsize    {info.size}\nroot    {info.root}")
+        print("latest checkpoint:\n" + info.latest_checkpoint if info.latest_checkpoint else "no checkpoint signed yet")
+    return EXIT_OK
+
+
+def cmd_log_checkpoint(args: argparse.Namespace) -> int:
+    with Runtime(args.workspace, wait=args.wait) as rt:
+        _emit(rt.log.checkpoint().render(), args.out)
+    return EXIT_OK
+
+
+def cmd_log_prove(args: argparse.Namespace) -> int:
+    with Runtime(args.workspace, wait=args.wait) as rt:
+        checkpoint = _read_file(args.checkpoint, "CHECKPOINT_MALFORMED") if args.checkpoint else None
+        _emit(rt.log.prove(args.execution_id, checkpoint).render(), args.out)
+    return EXIT_OK
+
+
+def cmd_log_prove_consistency(args: argparse.Namespace) -> int:
+    with Runtime(args.workspace, wait=args.wait) as rt:
+        old = _read_file(args.old, "CHECKPOINT_MALFORMED")
+        rt.log.checkpoint()  # the newest state, signed (a no-op when nothing changed)
+        _emit(rt.log.prove_consistency(old).render(), args.out)
+    return EXIT_OK
+
+
+def cmd_log_verify(args: argparse.Namespace) -> int:
+    store = TrustStore.load(args.trust)
+    if not store.keys:
+        raise KeyStoreError("KEY-004", "verify", f"{args.trust} holds no keys")
+    data = _read_file(args.file)
+    old = _read_file(args.old, "CHECKPOINT_MALFORMED") if args.old else None
+    verdict = verify_log_file(data, store, old=old, witnesses=args.witness, min_witnesses=args.min_witnesses)
+    code = EXIT_OK if verdict.valid else EXIT_FAILED
+    if args.json:
+        _line({"file": str(args.file), **verdict.model_dump()})
+        return _summary(code, valid=int(verdict.valid), invalid=int(not verdict.valid))
+    print(f"{args.file}: {'VALID' if verdict.valid else 'INVALID ' + verdict.code}  {verdict.kind}: {verdict.reason}")
+    return code
+
+
+def cmd_log_cosign(args: argparse.Namespace) -> int:
+    key = load_key_file(args.key)
+    try:
+        signed = cosign(_read_file(args.checkpoint, "CHECKPOINT_MALFORMED"), key, args.name, args.state,
+                        TrustStore.load(args.trust), proof=_read_file(args.proof) if args.proof else None)
+    except WitnessError as exc:
+        if not exc.code.startswith("WITNESS_"):
+            raise
+        print(f"parmana-lab: {exc}", file=sys.stderr)  # checked, and refused: a finding, not unusable input
+        return EXIT_FAILED
+    _emit(signed.render(), args.out)
+    return EXIT_OK
+
+
+def cmd_log_witness_key(args: argparse.Namespace) -> int:
+    print(witness_vkey(load_key_file(args.key), args.name))
+    return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

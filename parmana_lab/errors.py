@@ -20,6 +20,8 @@ STAGES = (
     "keys",
     "verify",
     "archive",
+    "log",
+    "witness",
 )
 
 

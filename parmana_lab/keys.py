@@ -194,6 +194,47 @@ class TrustStore(BaseModel):
         return TrustStore(keys=[*self.keys, *(k for k in others if k.keyId not in known)])
 
 
+def _write_private(path: Path, key: SigningKey) -> None:
+    """A new 0600 PKCS#8 file, never over an existing one, never left half-written."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        try:
+            _write_all(fd, key._pem())
+        finally:
+            os.close(fd)
+    except OSError:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def new_key_file(path: str | Path) -> SigningKey:
+    """A personal Ed25519 key (a witness's, an author's, an approver's) in a file of its own, mode 0600."""
+    path = Path(path)
+    if path.exists():
+        raise KeyStoreError("KEY-006", "keys", f"{path} already exists; keys are never overwritten")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = SigningKey.generate()
+        _write_private(path, key)
+    except OSError as exc:
+        raise KeyStoreError("KEY-006", "keys", f"cannot write {path}: {exc.strerror}") from None
+    return key
+
+
+def load_key_file(path: str | Path) -> SigningKey:
+    """A personal private key file; refused if others can read it (KEY-003) or it is not Ed25519 (KEY-002)."""
+    path = Path(path)
+    try:
+        st = path.stat()
+        data = path.read_bytes()
+    except OSError as exc:
+        raise KeyStoreError("KEY-002", "keys", f"cannot read key file {path}: {exc.strerror}") from None
+    if st.st_mode & 0o077:
+        raise KeyStoreError("KEY-003", "keys", f"private key file {path} is readable by others "
+                                               f"(mode {st.st_mode & 0o777:o}); run chmod 600 on it")
+    return SigningKey.from_pem(data)
+
+
 def _write_all(fd: int, data: bytes) -> None:
     """os.write may write less than asked (a full disk, a size limit): loop, then make it durable."""
     view = memoryview(data)
@@ -280,13 +321,8 @@ class Keyring:
         try:
             self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             os.chmod(self.dir, self.dir.stat().st_mode & 0o700)  # private to the owner; never loosened
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                _write_all(fd, key._pem())
-            finally:
-                os.close(fd)
+            _write_private(path, key)
         except OSError as exc:
-            path.unlink(missing_ok=True)  # never leave a partial private key behind
             raise _unwritable(self.dir, exc) from None
         store = self.trust_store()
         keys = [k.model_copy(update={"notAfter": now}) if k.notAfter is None else k for k in store.keys]

@@ -27,6 +27,7 @@ from .keys import Keyring, TrustStore
 from .policy import Policy, PolicyStore
 from .provenance import RuntimeInfo, evaluator_artifact_hash, runtime_hash, runtime_manifest
 from .timestamps import Clock, format_ts, system_clock
+from .translog import LogError, TransparencyLog
 from .validation import check_request, new_execution_id, validate_signals
 from .workspace import DEFAULT_WORKSPACE, Workspace, default_policy_dir
 
@@ -83,6 +84,7 @@ class Runtime:
         except BaseException:
             self.db.close()
             raise
+        self.log = TransparencyLog(self.db, lambda: self._key, lambda: self.trust_store().keys[0].keyId, clock)
 
     def __repr__(self) -> str:
         return f"Runtime(workspace={str(self.workspace.root)!r}, signerKeyId={self._key.key_id!r})"
@@ -114,8 +116,25 @@ class Runtime:
         return self._key.key_id
 
     def export_archive(self, out: str | Path, **options: Any) -> ExportResult:
-        """Write this workspace's attestations as a signed archive (see archive.export_archive for options)."""
-        return export_archive(self.db, out, key=self._key, trust_store=self.trust_store(), clock=self._clock, **options)
+        """Write this workspace's attestations as a signed archive (see archive.export_archive for options).
+
+        A full export of the log carries ``checkpoint``, signed now, whose size and root are the archive's
+        count and merkleRoot; it is refused (LOG-002) if the records no longer hash to the log.
+        """
+        filtered = any(options.get(k) is not None for k in ("since", "until", "policy_id", "policy_version"))
+        return export_archive(self.db, out, key=self._key, trust_store=self.trust_store(), clock=self._clock,
+                              checkpoint=None if filtered else self._export_checkpoint, **options)
+
+    def _export_checkpoint(self, count: int, root: str) -> str | None:
+        size = self.log.info().size
+        if count != size:
+            return None  # imported records are in the archive too: it is not this log
+        checkpoint = self.log.checkpoint()
+        if checkpoint.root.hex() != root:
+            raise LogError("LOG-002", f"the exported records do not hash to this runtime's log at size {size} (root "
+                                      f"{checkpoint.root.hex()[:16]}…, records {root[:16]}…): a record was edited behind the "
+                                      "runtime's back; nothing was exported")
+        return checkpoint.render()
 
     def execute(self, request: Any) -> ExecutionAttestation:
         """Run one request; returns its committed attestation or raises a ParmanaError."""

@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ._gc import cyclic_gc_paused
 from .archive import (
     ATTESTATIONS,
+    CHECKPOINT,
     KEYS,
     MANIFEST,
     SIGNALS,
@@ -207,6 +208,9 @@ class ArchiveCheck(BaseModel):
 
 
 ARCHIVE_HINTS = {
+    "CHECKPOINT_INVALID": "the archive's checkpoint is not a valid checkpoint of the producer's log for exactly these lines",
+    "HISTORY_INCONSISTENT": "an older checkpoint of the log is not a prefix of this archive: a record was removed, reordered "
+                            "or changed since that checkpoint was published",
     "TRUST_FROM_ARCHIVE": "the trust store given is the archive's own keys.json: anyone who edits an archive can re-sign it "
                           "and rewrite that file, so it proves nothing about who produced it; use the producer's trust store "
                           "(or pass --trust-archive-keys to accept integrity only, explicitly)",
@@ -426,8 +430,12 @@ def verify_archive(
     known_runtimes: Iterable[str] | None = None,
     trust_archive_keys: bool = False,
     chunk_lines: int = 2_048,
+    checkpoint: str | bytes | Path | None = None,
 ) -> ArchiveReport:
     """Verify an archive (directory, .zip or .tar.gz) offline against a trust store.
+
+    ``checkpoint``: an older checkpoint of the producer's log; the archive must
+    extend it (its first ``size`` lines hash to its root), else HISTORY_INCONSISTENT.
 
     ``progress``: True for a tqdm bar (terminal or notebook), False for silence,
     or a callable ``(done, total)`` for a display of your own (``total`` is the
@@ -437,7 +445,7 @@ def verify_archive(
         raise ValueError(f"workers must be at least 1, not {workers}")
     with open_archive(path) as root:
         return verify_tree(Path(path), root, trust_store, workers=workers, progress=progress, known_runtimes=known_runtimes,
-                           trust_archive_keys=trust_archive_keys, chunk_lines=chunk_lines)
+                           trust_archive_keys=trust_archive_keys, chunk_lines=chunk_lines, checkpoint=checkpoint)
 
 
 def load_trust(trust_store: TrustStore | str | Path | None) -> TrustStore:
@@ -483,7 +491,7 @@ def _trust(source: Path, root: Path, trust_store: TrustStore | str | Path | None
 
 def verify_tree(source: Path, root: Path, trust_store: TrustStore | str | Path | None, *, workers: int = 1,
                 progress: Progress = False, known_runtimes: Iterable[str] | None = None, trust_archive_keys: bool = False,
-                chunk_lines: int = 2_048) -> ArchiveReport:
+                chunk_lines: int = 2_048, checkpoint: str | bytes | Path | None = None) -> ArchiveReport:
     """verify_archive on an archive already opened at ``root`` (``source`` is the path as given)."""
     require_attestations(root, source)
     store, trust, own_keys = _trust(source, root, trust_store, trust_archive_keys)
@@ -516,7 +524,47 @@ def verify_tree(source: Path, root: Path, trust_store: TrustStore | str | Path |
         if manifest.merkleRoot != root_hash:
             checks.append(_archive_check("MERKLE_ROOT_MISMATCH", manifest.merkleRoot, root_hash,
                                          lines="unknown: the manifest holds only the root, not per-line hashes"))
+        if (root / CHECKPOINT).is_file():
+            _check_archive_checkpoint(root, store, len(table), root_hash, checks)
+    if checkpoint is not None:
+        _check_history(root, store, checkpoint, len(table), checks)
     return ArchiveReport(source=str(source), trust=trust, archive_checks=checks, table=table)
+
+
+def _check_archive_checkpoint(root: Path, store: TrustStore, count: int, merkle_root: str, checks: list[ArchiveCheck]) -> None:
+    """The archive's own checkpoint: signed by a trusted key of the log, of exactly these lines."""
+    from .logverify import verify_checkpoint
+
+    verdict = verify_checkpoint(root / CHECKPOINT, store)
+    if not verdict.valid:
+        checks.append(_archive_check("CHECKPOINT_INVALID", "a checkpoint signed by the log", f"{verdict.code}: {verdict.reason}"))
+    elif (verdict.size, verdict.root) != (count, merkle_root):
+        checks.append(_archive_check("CHECKPOINT_INVALID", f"size {count}, root {merkle_root}",
+                                     f"size {verdict.size}, root {verdict.root}"))
+
+
+def _check_history(root: Path, store: TrustStore, old: str | bytes | Path, count: int, checks: list[ArchiveCheck]) -> None:
+    """An older published checkpoint must be a prefix of this archive: its first ``size`` lines hash to its root."""
+    from .logverify import verify_checkpoint
+
+    verdict = verify_checkpoint(old, store)
+    if not verdict.valid:
+        checks.append(_archive_check("HISTORY_INCONSISTENT", "an older checkpoint signed by the log",
+                                     f"{verdict.code}: {verdict.reason}"))
+        return
+    if verdict.size > count:
+        checks.append(_archive_check("HISTORY_INCONSISTENT", f"at least {verdict.size} lines (the older checkpoint's size)",
+                                     f"{count} lines", lines=f"{count + 1}-{verdict.size} are missing"))
+        return
+    prefix = MerkleBuilder()
+    for lines in iter_line_blocks(root / ATTESTATIONS):
+        take = lines[:verdict.size - prefix.count]
+        prefix.add_many(take)
+        if prefix.count >= verdict.size:
+            break
+    if prefix.root() != verdict.root:
+        checks.append(_archive_check("HISTORY_INCONSISTENT", f"lines 1-{verdict.size} hashing to {verdict.root}",
+                                     prefix.root(), lines=f"somewhere in 1-{verdict.size}"))
 
 
 def _archive_check(code: str, expected: str, observed: str, lines: str | None = None) -> ArchiveCheck:

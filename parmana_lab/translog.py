@@ -1,0 +1,270 @@
+"""The runtime's audit log as an RFC 6962 tree: stored subtree hashes, signed checkpoints, proofs.
+
+Leaves are this runtime's own attestations in audit order (``log_index`` 0, 1,
+…; imported records have none), each leaf the attestation's JCS line exactly
+as an export writes it, so a full export's merkleRoot is the log's root.
+
+``log_nodes`` holds the hash of every complete aligned subtree (level k, the
+leaves [end - 2**k, end)), written in the transaction that records the
+attestations. A checkpoint or a proof reads O(log n) of them; nothing ever
+rehashes the whole log. Before signing, the runtime checks that the log it is
+about to sign extends every checkpoint it signed before and that the records
+added since hash to the stored leaves, so it never signs over a rewritten
+history (LOG-002, LOG-003).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+
+from .errors import ParmanaError
+from .merkle import leaf_hash, node_hash
+from .notes import (
+    ED25519,
+    Checkpoint,
+    ConsistencyProofText,
+    InclusionProofText,
+    Verifier,
+    checkpoint_text,
+    parse_checkpoint,
+    sign_note,
+)
+from .proofs import aligned_parts, consistency_ranges, inclusion_ranges, range_hash, verify_consistency
+
+EMPTY_ROOT = hashlib.sha256(b"").digest()
+
+
+class LogError(ParmanaError):
+    """The log cannot answer or refuses to sign (LOG-xxx)."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(code, "log", reason)
+
+
+def origin_for(first_key_id: str) -> str:
+    """The log's name: stable across key rotations because it names the first signing key."""
+    return f"parmana-lab/{first_key_id}"
+
+
+def _level(size: int) -> int:
+    return size.bit_length() - 1
+
+
+# -- writing: the nodes a batch of new leaves completes ------------------------------------------
+
+
+def frontier(con, size: int) -> list[tuple[int, bytes]]:
+    """The complete subtrees covering leaves [0, size), largest first, as (leaf count, hash)."""
+    parts = aligned_parts(0, size)
+    found = _nodes(con, parts)
+    return [(b - a, found[(a, b)]) for a, b in parts]
+
+
+def append_nodes(con, size: int, lines: Sequence[bytes]) -> dict[str, np.ndarray]:
+    """Columns of the log_nodes rows that appending ``lines`` after ``size`` leaves completes."""
+    stack = frontier(con, size) if size else []
+    levels, ends, hashes = [], [], []
+    end = size
+    for line in lines:
+        node, width = leaf_hash(line), 1
+        end += 1
+        levels.append(0), ends.append(end), hashes.append(node)
+        while stack and stack[-1][0] == width:
+            _, left = stack.pop()
+            node, width = node_hash(left, node), width * 2
+            levels.append(_level(width)), ends.append(end), hashes.append(node)
+        stack.append((width, node))
+    return {"level": np.array(levels, dtype=np.int8), "end_leaf": np.array(ends, dtype=np.int64),
+            "hash": np.array(hashes, dtype=object)}
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+
+def _nodes(con, parts: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+    if not parts:
+        return {}
+    keys = ", ".join(f"({_level(b - a)}, {b})" for a, b in parts)  # integers only: nothing to quote
+    low, high = min(b for _, b in parts), max(b for _, b in parts)
+    rows = con.execute(
+        f"SELECT level, end_leaf, any_value(hash), count(*) FROM log_nodes WHERE end_leaf BETWEEN {low} AND {high} "
+        f"AND (level, end_leaf) IN ({keys}) GROUP BY ALL"
+    ).fetchall()
+    found = {(end - (1 << level), end): bytes(h) for level, end, h, _ in rows}
+    missing = [p for p in parts if p not in found]
+    if missing or any(n != 1 for *_, n in rows):
+        raise LogError("LOG-002", f"the audit DB's log nodes are incomplete or doubled (e.g. leaves {missing[:1]}): "
+                                  "the log was edited behind the runtime's back")
+    return found
+
+
+def _range_hashes(con, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+    parts = {p: None for a, b in ranges for p in aligned_parts(a, b)}
+    found = _nodes(con, list(parts))
+    return [range_hash([found[p] for p in aligned_parts(a, b)]) for a, b in ranges]
+
+
+def log_size(con) -> int:
+    size, top, nodes = con.execute(
+        "SELECT count(log_index), coalesce(max(log_index) + 1, 0), (SELECT count(*) FROM log_nodes WHERE level = 0) "
+        "FROM attestations"
+    ).fetchall()[0]
+    if not size == top == nodes:
+        raise LogError("LOG-002", f"the audit DB holds {size} of this runtime's records, numbered up to {top}, and {nodes} "
+                                  "log leaves: records were deleted or added behind the runtime's back")
+    return size
+
+
+def root_at(con, size: int) -> bytes:
+    return range_hash([h for _, h in frontier(con, size)]) if size else EMPTY_ROOT
+
+
+def inclusion_hashes(con, index: int, size: int) -> list[bytes]:
+    return _range_hashes(con, inclusion_ranges(index, size))
+
+
+def consistency_hashes(con, old: int, new: int) -> list[bytes]:
+    return _range_hashes(con, consistency_ranges(old, new)) if 0 < old < new else []
+
+
+@dataclass(frozen=True)
+class LogInfo:
+    origin: str
+    size: int
+    root: str  # hex
+    latest_checkpoint: str | None
+
+
+class TransparencyLog:
+    """The log of one Runtime: ``rt.log.checkpoint()``, ``rt.log.prove(execution_id)``, ``rt.log.prove_consistency(old)``."""
+
+    def __init__(self, db, key_provider, first_key_id, clock) -> None:
+        self._db, self._key, self._first_key_id, self._clock = db, key_provider, first_key_id, clock
+        self._origin: str | None = None
+
+    def __repr__(self) -> str:
+        return f"TransparencyLog({self.origin!r})"
+
+    @property
+    def origin(self) -> str:
+        if self._origin is None:  # the first key never changes, so neither does the name
+            self._origin = origin_for(self._first_key_id())
+        return self._origin
+
+    def verifiers(self, trust_store) -> list[Verifier]:
+        """Checkpoint verifier keys: every key in ``trust_store`` under this log's origin."""
+        return [Verifier(self.origin, ED25519, k.raw_public_key) for k in trust_store.keys]
+
+    def info(self) -> LogInfo:
+        with self._db._lock:
+            con = self._db.connection
+            size = log_size(con)
+            latest = con.execute("SELECT note FROM log_checkpoints ORDER BY size DESC LIMIT 1").fetchall()
+            return LogInfo(self.origin, size, root_at(con, size).hex(), latest[0][0] if latest else None)
+
+    def checkpoint(self) -> Checkpoint:
+        """Sign (and record) a checkpoint of the whole log, after checking it extends every earlier one."""
+        with self._db.transaction() as con:
+            size = log_size(con)
+            root = root_at(con, size)
+            self._check_history(con, size, root)
+            existing = con.execute("SELECT note FROM log_checkpoints WHERE size = ?", [size]).fetchall()
+            if existing:
+                return parse_checkpoint(existing[0][0])
+            note = sign_note(checkpoint_text(self.origin, size, root), self.origin, self._key())
+            con.execute("INSERT INTO log_checkpoints VALUES (?, ?, ?, ?)", [size, root, note.render(), self._now()])
+        return parse_checkpoint(note.render())
+
+    def _now(self) -> datetime:
+        return self._clock()
+
+    def _check_history(self, con, size: int, root: bytes) -> None:
+        """LOG-003 unless (size, root) extends the latest signed checkpoint; LOG-002 unless the records added
+        since then hash to the stored leaves."""
+        last = con.execute("SELECT size, root FROM log_checkpoints ORDER BY size DESC LIMIT 1").fetchall()
+        old_size, old_root = (last[0][0], bytes(last[0][1])) if last else (0, EMPTY_ROOT)
+        if size < old_size:
+            raise LogError("LOG-003", f"the log has {size} leaves but a checkpoint of {old_size} was signed: history was removed")
+        if old_size and root_at(con, old_size) != old_root:
+            raise LogError("LOG-003", f"the stored log no longer has the root signed at size {old_size}: history was rewritten")
+        builder_stack = frontier(con, old_size) if old_size else []
+        rows = con.execute("SELECT log_index, canonical FROM attestations WHERE log_index >= ? ORDER BY log_index",
+                           [old_size]).fetchall()
+        stored = dict(con.execute("SELECT end_leaf - 1, hash FROM log_nodes WHERE level = 0 AND end_leaf > ?",
+                                  [old_size]).fetchall())
+        for index, canonical in rows:
+            h = leaf_hash(canonical.encode("utf-8"))
+            if bytes(stored.get(index, b"")) != h:
+                raise LogError("LOG-002", f"record {index} of the log no longer hashes to its leaf: it was edited after it "
+                                          "was recorded")
+            node, width = h, 1
+            while builder_stack and builder_stack[-1][0] == width:
+                _, left = builder_stack.pop()
+                node, width = node_hash(left, node), width * 2
+            builder_stack.append((width, node))
+        rebuilt = range_hash([h for _, h in builder_stack]) if builder_stack else EMPTY_ROOT
+        if rebuilt != root:
+            raise LogError("LOG-003", "the stored subtree hashes do not match the records added since the last checkpoint")
+
+    def _resolve(self, con, checkpoint: Checkpoint | str | bytes | None, also: Sequence[tuple[int, int]] = ()
+                 ) -> tuple[Checkpoint, dict[tuple[int, int], bytes]]:
+        """The checkpoint (latest when None), checked to be a state of this log, and the stored nodes of ``also``."""
+        if checkpoint is None:
+            latest = con.execute("SELECT note FROM log_checkpoints ORDER BY size DESC LIMIT 1").fetchall()
+            if not latest:
+                raise LogError("LOG-004", "no checkpoint signed yet: run `parmana-lab log checkpoint` first")
+            cp = parse_checkpoint(latest[0][0])
+        else:
+            cp = checkpoint if isinstance(checkpoint, Checkpoint) else parse_checkpoint(checkpoint)
+        if cp.origin != self.origin:
+            raise LogError("LOG-004", f"the checkpoint is of log {cp.origin!r}, not this one ({self.origin})")
+        if cp.size > log_size(con):
+            raise LogError("LOG-003", f"the checkpoint of size {cp.size} is larger than this log")
+        prefix = aligned_parts(0, cp.size)
+        nodes = _nodes(con, [*prefix, *also])
+        if (range_hash([nodes[p] for p in prefix]) if prefix else EMPTY_ROOT) != cp.root:
+            raise LogError("LOG-003", f"the checkpoint of size {cp.size} is not a state of this log")
+        return cp, nodes
+
+    def prove(self, execution_id: str, checkpoint: Checkpoint | str | bytes | None = None) -> InclusionProofText:
+        """A c2sp.org/tlog-proof@v1 for one attestation, carrying the attestation line as its ``extra`` data."""
+        with self._db._lock:
+            con = self._db.connection
+            found = con.execute("SELECT log_index, canonical FROM attestations WHERE executionId = ?", [execution_id]).fetchall()
+            if not found or found[0][0] is None:
+                raise LogError("LOG-001", f"executionId {execution_id!r} is not in this runtime's log"
+                                          + (" (an imported record is in its own runtime's log)" if found else ""))
+            index, canonical = found[0]
+            size = (checkpoint.size if isinstance(checkpoint, Checkpoint) else
+                    parse_checkpoint(checkpoint).size if checkpoint is not None else None)
+            ranges = inclusion_ranges(index, size) if size is not None and index < size else []
+            parts = [(index, index + 1), *(p for a, b in ranges for p in aligned_parts(a, b))]
+            cp, nodes = self._resolve(con, checkpoint, parts if size is not None and index < size else ())
+            if index >= cp.size:
+                raise LogError("LOG-001", f"executionId {execution_id!r} was logged after the checkpoint of size {cp.size}; "
+                                          "sign a newer checkpoint")
+            if size is None:  # the latest checkpoint: its nodes are read now
+                ranges = inclusion_ranges(index, cp.size)
+                nodes = _nodes(con, [(index, index + 1), *(p for a, b in ranges for p in aligned_parts(a, b))])
+            line = canonical.encode("utf-8")
+            if nodes[(index, index + 1)] != leaf_hash(line):
+                raise LogError("LOG-002", f"the record of {execution_id} no longer hashes to its leaf: it was edited")
+            hashes = tuple(range_hash([nodes[p] for p in aligned_parts(a, b)]) for a, b in ranges)
+            return InclusionProofText(index, hashes, cp, extra=line)
+
+    def prove_consistency(self, old: Checkpoint | str | bytes, new: Checkpoint | str | bytes | None = None) -> ConsistencyProofText:
+        """The tlog-witness add-checkpoint body from an older checkpoint of this log to the latest (or ``new``)."""
+        with self._db._lock:
+            con = self._db.connection
+            old_cp, _ = self._resolve(con, old)
+            new_cp, _ = self._resolve(con, new)
+            if new_cp.size < old_cp.size:
+                raise LogError("LOG-004", f"the old checkpoint ({old_cp.size}) is newer than the new one ({new_cp.size})")
+            hashes = consistency_hashes(con, old_cp.size, new_cp.size)
+            verify_consistency(old_cp.size, new_cp.size, hashes, old_cp.root, new_cp.root) if old_cp.size else None
+            return ConsistencyProofText(old_cp.size, tuple(hashes), new_cp)
