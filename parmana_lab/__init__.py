@@ -49,6 +49,18 @@ _EXPORTS = {
     "TrustStore": ".keys",
     "TrustedKey": ".keys",
     "VerificationResult": ".verify",
+    "Checkpoint": ".notes",
+    "LogError": ".translog",
+    "LogVerdict": ".logverify",
+    "ProofError": ".proofs",
+    "TransparencyLog": ".translog",
+    "WitnessError": ".witness",
+    "cosign": ".witness",
+    "verify_checkpoint": ".logverify",
+    "verify_consistency": ".logverify",
+    "verify_inclusion": ".logverify",
+    "verify_log_file": ".logverify",
+    "witness_vkey": ".witness",
     "Workspace": ".workspace",
     "canonical_hash": ".canonical",
     "canonicalize": ".canonical",
@@ -109,6 +121,18 @@ __all__ = [
     "TrustStore",
     "TrustedKey",
     "VerificationResult",
+    "Checkpoint",
+    "LogError",
+    "LogVerdict",
+    "ProofError",
+    "TransparencyLog",
+    "WitnessError",
+    "cosign",
+    "verify_checkpoint",
+    "verify_consistency",
+    "verify_inclusion",
+    "verify_log_file",
+    "witness_vkey",
     "Workspace",
     "canonical_hash",
     "canonicalize",
@@ -171,7 +195,10 @@ if TYPE_CHECKING:
     from .evaluate import Decision, evaluate
     from .imports import ImportRefused, ImportResult, import_archive
     from .keys import Keyring, SigningKey, TrustedKey, TrustStore
+    from .logverify import LogVerdict, verify_checkpoint, verify_consistency, verify_inclusion, verify_log_file
+    from .notes import Checkpoint
     from .policy import Policy, PolicyStore, load_policy_file, parse_policy
+    from .proofs import ProofError
     from .provenance import (
         RUNTIME_VERSION,
         RuntimeInfo,
@@ -184,6 +211,8 @@ if TYPE_CHECKING:
     from .replays import ReplayReport, find_replays
     from .reproducibility import ReproReport, reproduce
     from .runtime import Runtime
+    from .translog import LogError, TransparencyLog
     from .validation import ExecutionRequest, parse_request, validate_signals
     from .verify import ArchiveReport, VerificationResult, verify_archive, verify_attestation
+    from .witness import WitnessError, cosign, witness_vkey
     from .workspace import DEFAULT_WORKSPACE, Workspace, default_policy_dir, default_requests_dir

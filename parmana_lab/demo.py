@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from .attestation import ExecutionAttestation
 from .canonical import parse_json
 from .errors import CanonicalizationError, ParmanaError, RequestError
+from .logverify import verify_checkpoint, verify_inclusion
 from .replays import find_replays
 from .reports import archive_text
 from .reproducibility import reproduce
@@ -111,6 +112,17 @@ def run_demo(
         echo(f"\nExported {exported.count} attestations to {exported.path} (signed manifest, Merkle root {exported.merkleRoot[:16]}…)")
         report = verify_archive(exported.path, rt.trust_store(), progress=False)
         echo(archive_text(report))
+        # transparency: publish a checkpoint of the log, prove one attestation is in it, check both offline
+        checkpoint = rt.log.checkpoint()
+        logged = rt.db.sql("SELECT executionId FROM attestations WHERE log_index IS NOT NULL ORDER BY log_index LIMIT 1")
+        proof = rt.log.prove(logged.iloc[0, 0], checkpoint)
+        published = rt.workspace.exports_dir / "log.checkpoint"
+        published.write_text(checkpoint.render())
+        (rt.workspace.exports_dir / "first.tlog-proof").write_text(proof.render())
+        offline = [verify_checkpoint(published, rt.trust_store()), verify_inclusion(proof.render(), rt.trust_store())]
+        echo(f"\nTransparency log {checkpoint.origin}: checkpoint of {checkpoint.size} leaves published to {published}")
+        for verdict in offline:
+            echo(f"  offline {verdict.kind}: {'VALID' if verdict.valid else 'INVALID ' + verdict.code} ({verdict.reason})")
         repro = reproduce(exported.path).summary
         echo("\nReproducibility audit: " + ", ".join(f"{k} {v}" for k, v in repro.statuses.items()))
         whatif = reproduce(exported.path, policy_versions={"loan-approval": "1.1.0"}, policies=policy_dir)

@@ -4,6 +4,7 @@
 Each test is a row of the exit-code table in README and SPEC, run the way a CI job would run it.
 """
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -306,6 +307,10 @@ def test_a_v1_audit_db_is_migrated_forward(tmp_path):
         assert row["issued_at"] == pd.Timestamp("2026-02-03T04:05:06.789Z") and row["import_status"] is None
         assert db.refusals()["refused_at"].iloc[0] == pd.Timestamp("2026-02-03T04:05:00Z")  # stored UTC stays UTC
         assert db.replay_states()["reserved_at"].iloc[0] == pd.Timestamp("2026-02-03T04:05:06Z")
+        from parmana_lab.translog import log_size, root_at
+
+        # v3 backfilled the log for the record it already held: one leaf, the hash of its line
+        assert log_size(db.connection) == 1 and root_at(db.connection, 1) == hashlib.sha256(b"\x00{}").digest()
 
 
 def test_charts_leave_the_matplotlib_state_alone(producer):

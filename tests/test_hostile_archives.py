@@ -116,9 +116,11 @@ def test_a_signed_manifest_that_lies_about_its_count(small):
     manifest["signature"] = base64.b64encode(key.sign(pae("PARMANA_ARCHIVE_V1", canonicalize(manifest)))).decode()
     (liar / "manifest.json").write_bytes(canonicalize(manifest))
     report = verify_archive(liar, store, progress=False)
-    assert codes(report) == ({}, ["COUNT_MISMATCH"])
-    check = report.archive_checks[0]
+    assert codes(report) == ({}, ["CHECKPOINT_INVALID", "COUNT_MISMATCH"])  # the log's checkpoint says 5, too
+    check = next(c for c in report.archive_checks if c.code == "COUNT_MISMATCH")
     assert (check.expected, check.observed) == ("4", "5")
+    checkpoint = next(c for c in report.archive_checks if c.code == "CHECKPOINT_INVALID")
+    assert checkpoint.expected.startswith("size 4") and checkpoint.observed.startswith("size 5")
 
 
 def test_garbage_files_never_raise_anything_but_archive_errors(small, tmp_path):
