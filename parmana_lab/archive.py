@@ -9,7 +9,9 @@ An archive is a directory, or the same tree as .zip or .tar.gz:
                          order; signals null where the exporter has none (optional file)
     policies/{id}/{version}/policy.json
     keys.json            the exporter's public keys (information only)
-    checkpoint           a full export of the runtime's log: its signed C2SP checkpoint at this size
+    checkpoint           the runtime's signed C2SP checkpoint: of this size for a full export of its log,
+                         of the whole log for a filtered one, which then has
+    log-proofs.jsonl     one {"index", "proof"} line per attestation line: its inclusion proof in that checkpoint
 
 Opening never trusts the container: members that would land outside the
 target, links, special files and absurd sizes are refused before any byte is
@@ -50,6 +52,7 @@ ATTESTATIONS = "attestations.jsonl"
 SIGNALS = "signals.jsonl"
 KEYS = "keys.json"
 CHECKPOINT = "checkpoint"
+LOG_PROOFS = "log-proofs.jsonl"
 POLICIES = "policies"
 ArchiveFormat = Literal["dir", "zip", "tar.gz"]
 
@@ -115,12 +118,13 @@ def export_archive(
     policy_id: str | None = None,
     policy_version: str | None = None,
     clock: Clock = system_clock,
-    checkpoint: Callable[[int, str], str | None] | None = None,
+    checkpoint: Callable[[int, str, list[int | None]], dict[str, bytes]] | None = None,
 ) -> ExportResult:
     """Write the audit DB's attestations (all, or issuedAt in [since, until) / one policy) as an archive.
 
-    ``checkpoint(count, merkleRoot)`` may return a signed checkpoint note to include as ``checkpoint``
-    (listed in the manifest), or raise to refuse the export; nothing is left behind either way.
+    ``checkpoint(count, merkleRoot, log indices of the lines)`` returns the log's files to include
+    (``checkpoint``, and ``log-proofs.jsonl`` for a filtered export), listed in the manifest, or
+    raises to refuse the export; nothing is left behind either way.
     """
     out = Path(out)
     if out.exists() and (out.is_file() or any(out.iterdir())):
@@ -167,13 +171,15 @@ def _write_tree(db, root: Path, key, trust_store, with_signals, where, params, c
     merkle = MerkleBuilder()
     referenced: set[tuple[str, str]] = set()
     att_digest, sig_digest = hashlib.sha256(), hashlib.sha256()
+    indices: list[int | None] = []
     query = (
-        "SELECT a.canonical, a.policyId, a.policyVersion, a.executionId, s.signals FROM attestations a "
+        "SELECT a.canonical, a.policyId, a.policyVersion, a.executionId, s.signals, a.log_index FROM attestations a "
         "LEFT JOIN (SELECT executionId, any_value(signals) AS signals FROM signals GROUP BY executionId) s USING (executionId) "
         f"{where} ORDER BY a.seq"
     )
     with open(root / ATTESTATIONS, "wb") as att_fh, open(root / SIGNALS, "wb") if with_signals else nullcontext() as sig_fh:
-        for canonical, pid, pver, eid, sig in _stream(db, query, params):
+        for canonical, pid, pver, eid, sig, log_index in _stream(db, query, params):
+            indices.append(log_index)
             line = canonical.encode("utf-8")
             merkle.add(line)
             att_digest.update(line + b"\n")
@@ -196,11 +202,9 @@ def _write_tree(db, root: Path, key, trust_store, with_signals, where, params, c
         data = rows.iloc[0, 0].encode("utf-8")
         path.write_bytes(data)
         files[rel] = hashlib.sha256(data).hexdigest()
-    note = checkpoint(merkle.count, merkle.root()) if checkpoint is not None else None
-    if note is not None:
-        data = note.encode("utf-8")
-        (root / CHECKPOINT).write_bytes(data)
-        files[CHECKPOINT] = hashlib.sha256(data).hexdigest()
+    for name, data in (checkpoint(merkle.count, merkle.root(), indices) if checkpoint is not None else {}).items():
+        (root / name).write_bytes(data)
+        files[name] = hashlib.sha256(data).hexdigest()
     keys = canonicalize(trust_store.model_dump(mode="json"))
     (root / KEYS).write_bytes(keys)
     files[KEYS] = hashlib.sha256(keys).hexdigest()

@@ -8,6 +8,7 @@ exactly two transactions per batch (reserve, then record-and-confirm).
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import duckdb
 
 from . import audit
 from ._gc import cyclic_gc_paused
-from .archive import ExportResult, export_archive
+from .archive import CHECKPOINT, LOG_PROOFS, ExportResult, export_archive
 from .attestation import ExecutionAttestation, seal
 from .audit import AuditDB, first_line, storage_hint
 from .canonical import canonical_hash, canonicalize, fingerprint_payload, sha256_hex
@@ -121,20 +122,25 @@ class Runtime:
         A full export of the log carries ``checkpoint``, signed now, whose size and root are the archive's
         count and merkleRoot; it is refused (LOG-002) if the records no longer hash to the log.
         """
-        filtered = any(options.get(k) is not None for k in ("since", "until", "policy_id", "policy_version"))
         return export_archive(self.db, out, key=self._key, trust_store=self.trust_store(), clock=self._clock,
-                              checkpoint=None if filtered else self._export_checkpoint, **options)
+                              checkpoint=self._log_files, **options)
 
-    def _export_checkpoint(self, count: int, root: str) -> str | None:
-        size = self.log.info().size
-        if count != size:
-            return None  # imported records are in the archive too: it is not this log
+    def _log_files(self, count: int, root: str, indices: list[int | None]) -> dict[str, bytes]:
+        """What an export carries of the log: a full export its checkpoint; a filtered one the checkpoint of the
+        whole log and each line's inclusion proof in it; one holding imported records, nothing (not this log)."""
+        if None in indices:
+            return {}
         checkpoint = self.log.checkpoint()
-        if checkpoint.root.hex() != root:
-            raise LogError("LOG-002", f"the exported records do not hash to this runtime's log at size {size} (root "
-                                      f"{checkpoint.root.hex()[:16]}…, records {root[:16]}…): a record was edited behind the "
-                                      "runtime's back; nothing was exported")
-        return checkpoint.render()
+        if count == checkpoint.size and indices == list(range(count)):
+            if checkpoint.root.hex() != root:
+                raise LogError("LOG-002", f"the exported records do not hash to this runtime's log at size {count} (root "
+                                          f"{checkpoint.root.hex()[:16]}…, records {root[:16]}…): a record was edited behind "
+                                          "the runtime's back; nothing was exported")
+            return {CHECKPOINT: checkpoint.render().encode("utf-8")}
+        proofs = self.log.inclusion_proofs(indices, checkpoint)
+        lines = b"".join(canonicalize({"index": i, "proof": [base64.b64encode(h).decode("ascii") for h in hashes]}) + b"\n"
+                         for i, hashes in zip(indices, proofs))
+        return {CHECKPOINT: checkpoint.render().encode("utf-8"), LOG_PROOFS: lines}
 
     def execute(self, request: Any) -> ExecutionAttestation:
         """Run one request; returns its committed attestation or raises a ParmanaError."""

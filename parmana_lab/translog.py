@@ -103,6 +103,23 @@ def _nodes(con, parts: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes
     return found
 
 
+def _nodes_joined(con, parts: set[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+    """_nodes for many parts at once: a join against a registered frame instead of a literal list."""
+    ordered = sorted(parts)
+    wanted = {"level": np.array([_level(b - a) for a, b in ordered], dtype=np.int8),
+              "end_leaf": np.array([b for _, b in ordered], dtype=np.int64)}
+    con.register("log_wanted", wanted)
+    try:
+        rows = con.execute("SELECT n.level, n.end_leaf, n.hash FROM log_nodes n SEMI JOIN log_wanted w USING (level, end_leaf)"
+                           ).fetchall()
+    finally:
+        con.unregister("log_wanted")
+    found = {(end - (1 << level), end): bytes(h) for level, end, h in rows}
+    if len(found) != len(rows) or len(found) != len(ordered):
+        raise LogError("LOG-002", "the audit DB's log nodes are incomplete or doubled: the log was edited behind the runtime's back")
+    return found
+
+
 def _range_hashes(con, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
     parts = {p: None for a, b in ranges for p in aligned_parts(a, b)}
     found = _nodes(con, list(parts))
@@ -256,6 +273,19 @@ class TransparencyLog:
                 raise LogError("LOG-002", f"the record of {execution_id} no longer hashes to its leaf: it was edited")
             hashes = tuple(range_hash([nodes[p] for p in aligned_parts(a, b)]) for a, b in ranges)
             return InclusionProofText(index, hashes, cp, extra=line)
+
+    def inclusion_proofs(self, indices: Sequence[int], checkpoint: Checkpoint, batch: int = 20_000) -> list[tuple[bytes, ...]]:
+        """The inclusion proof of each leaf index in ``checkpoint`` (a filtered export's lines), read in batches."""
+        out: list[tuple[bytes, ...]] = []
+        with self._db._lock:
+            con = self._db.connection
+            self._resolve(con, checkpoint)
+            for start in range(0, len(indices), batch):
+                chunk = indices[start:start + batch]
+                ranges = [inclusion_ranges(i, checkpoint.size) for i in chunk]
+                nodes = _nodes_joined(con, {p for rs in ranges for a, b in rs for p in aligned_parts(a, b)})
+                out += [tuple(range_hash([nodes[p] for p in aligned_parts(a, b)]) for a, b in rs) for rs in ranges]
+        return out
 
     def prove_consistency(self, old: Checkpoint | str | bytes, new: Checkpoint | str | bytes | None = None) -> ConsistencyProofText:
         """The tlog-witness add-checkpoint body from an older checkpoint of this log to the latest (or ``new``)."""

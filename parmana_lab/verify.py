@@ -42,6 +42,7 @@ from .archive import (
     ATTESTATIONS,
     CHECKPOINT,
     KEYS,
+    LOG_PROOFS,
     MANIFEST,
     SIGNALS,
     ArchiveError,
@@ -75,7 +76,7 @@ from .checks import (
 )
 from .errors import CanonicalizationError, KeyStoreError, ParmanaError
 from .keys import TrustStore
-from .merkle import MerkleBuilder
+from .merkle import MerkleBuilder, leaf_hash
 from .policy import Policy
 from .progress import Progress, progress_bar
 
@@ -209,6 +210,8 @@ class ArchiveCheck(BaseModel):
 
 ARCHIVE_HINTS = {
     "CHECKPOINT_INVALID": "the archive's checkpoint is not a valid checkpoint of the producer's log for exactly these lines",
+    "INCLUSION_PROOF_INVALID": "lines of this filtered export are not proven to be in the producer's log: edited, added, "
+                               "or their proofs do not match the checkpoint",
     "HISTORY_INCONSISTENT": "an older checkpoint of the log is not a prefix of this archive: a record was removed, reordered "
                             "or changed since that checkpoint was published",
     "TRUST_FROM_ARCHIVE": "the trust store given is the archive's own keys.json: anyone who edits an archive can re-sign it "
@@ -525,7 +528,10 @@ def verify_tree(source: Path, root: Path, trust_store: TrustStore | str | Path |
             checks.append(_archive_check("MERKLE_ROOT_MISMATCH", manifest.merkleRoot, root_hash,
                                          lines="unknown: the manifest holds only the root, not per-line hashes"))
         if (root / CHECKPOINT).is_file() and not any(c.code.startswith("MANIFEST_") for c in checks):
-            _check_archive_checkpoint(root, store, manifest.count, manifest.merkleRoot, checks)
+            if (root / LOG_PROOFS).is_file():
+                _check_line_proofs(root, store, checks)
+            else:
+                _check_archive_checkpoint(root, store, manifest.count, manifest.merkleRoot, checks)
     if checkpoint is not None:
         _check_history(root, store, checkpoint, len(table), checks)
     return ArchiveReport(source=str(source), trust=trust, archive_checks=checks, table=table)
@@ -542,6 +548,37 @@ def _check_archive_checkpoint(root: Path, store: TrustStore, count: int, merkle_
     elif (verdict.size, verdict.root) != (count, merkle_root):
         checks.append(_archive_check("CHECKPOINT_INVALID", f"size {count}, root {merkle_root}",
                                      f"size {verdict.size}, root {verdict.root}"))
+
+
+def _check_line_proofs(root: Path, store: TrustStore, checks: list[ArchiveCheck]) -> None:
+    """A filtered export: every line is proven to be a leaf of the producer's log at its checkpoint."""
+    from .logverify import verify_checkpoint
+    from .notes import b64decode, parse_checkpoint
+    from .proofs import ProofError
+    from .proofs import verify_inclusion as inclusion
+
+    verdict = verify_checkpoint(root / CHECKPOINT, store)
+    if not verdict.valid:
+        checks.append(_archive_check("CHECKPOINT_INVALID", "a checkpoint signed by the log", f"{verdict.code}: {verdict.reason}"))
+        return
+    cp = parse_checkpoint((root / CHECKPOINT).read_bytes())
+    bad: list[int] = []
+    proofs = chain.from_iterable(iter_line_blocks(root / LOG_PROOFS))
+    number = 0
+    for number, line in enumerate(chain.from_iterable(iter_line_blocks(root / ATTESTATIONS)), start=1):
+        entry = next(proofs, None)
+        try:
+            item = parse_json(entry) if entry is not None else None
+            hashes = [b64decode(h) for h in item["proof"]]
+            inclusion(item["index"], cp.size, leaf_hash(line), hashes, cp.root)
+        except (ProofError, CanonicalizationError, ValueError, TypeError, KeyError):
+            bad.append(number)
+    extra = sum(1 for _ in proofs)
+    if bad or extra:
+        shown = ", ".join(map(str, bad[:20])) + (" …" if len(bad) > 20 else "")
+        checks.append(_archive_check("INCLUSION_PROOF_INVALID", f"every line a leaf of the log at size {cp.size}",
+                                     f"{len(bad)} line(s) not proven" + (f", {extra} proof line(s) too many" if extra else ""),
+                                     lines=shown or None))
 
 
 def _check_history(root: Path, store: TrustStore, old: str | bytes | Path, count: int, checks: list[ArchiveCheck]) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from parmana_lab import Runtime, verify_attestation
 from parmana_lab.canonical import execution_fingerprint
+from parmana_lab.merkle import merkle_root
 
 from .crash_child import REPLAY_POOL, request_for
 
@@ -100,6 +101,9 @@ def check_after_kill(ws: Path, policies: Path, cycle: int, received: dict[str, s
         assert confirmed == set(rows["execution_fingerprint"]), "replay store and attestations disagree"
         signals = rt.db.sql("SELECT count(*) AS n FROM signals")["n"][0]
         assert signals == len(rows), "an attestation without its signals (or the reverse): half-written"
+        checkpoint = rt.log.checkpoint()  # the log's leaves and subtree hashes were written with the records
+        assert checkpoint.size == len(rows) and checkpoint.root.hex() == merkle_root(
+            line.encode() for line in rt.db.sql("SELECT canonical FROM attestations ORDER BY log_index")["canonical"])
         leftovers = set(replay.loc[replay["state"] != "CONFIRMED", "execution_fingerprint"])
         if leftovers:
             stats["kills that left reservations"] += 1

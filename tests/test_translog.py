@@ -62,7 +62,52 @@ def test_full_export_root_is_the_log_root_and_carries_its_checkpoint(tmp_path, p
     assert result.merkleRoot == info.root and result.count == info.size == 37
     report = verify_archive(tmp_path / "a.zip", trust, progress=False)
     assert report.status == "verified" and report.archive_checks == []
-    assert not (Path(filtered.path) / "checkpoint").exists()  # not the log: a filtered export carries no checkpoint
+    # a filter that selects the whole log exports the log itself: its checkpoint, no per-line proofs needed
+    part = Path(filtered.path)
+    assert parse_checkpoint((part / "checkpoint").read_bytes()).size == 37 and filtered.count == 37
+    assert not (part / "log-proofs.jsonl").exists()
+    assert verify_archive(part, trust, progress=False).status == "verified"
+
+
+def test_a_filtered_export_proves_each_line_is_in_the_log(tmp_path, policy_dir, clock):
+    with Runtime(tmp_path / "ws", policies=policy_dir, clock=clock) as rt:
+        rt.execute_many(requests(6))
+        clock.advance(3600)
+        rt.execute_many([claims_request(), claims_request(risk_score=5)])
+        clock.advance(3600)
+        rt.execute_many(requests(5, offset=6))
+        part = Path(rt.export_archive(tmp_path / "claims", policy_id="claims-approval").path)
+        trust = rt.trust_store()
+        key = rt._key
+    proofs = [json.loads(x) for x in (part / "log-proofs.jsonl").read_text().splitlines()]
+    assert [p["index"] for p in proofs] == [6, 7]
+    assert verify_archive(part, trust, progress=False).status == "verified"
+    # a record that was never logged, signed with the runtime's key, with the manifest re-signed: the proof catches it
+    forged = tmp_path / "forged"
+    shutil.copytree(part, forged)
+    lines = (forged / "attestations.jsonl").read_bytes().splitlines()
+    att = json.loads(lines[1])
+    att["executionId"] = "00000000-0000-4000-8000-000000000000"
+    from parmana_lab.attestation import seal
+
+    _, lines[1] = seal({k: v for k, v in att.items() if k != "signature"}, key)
+    signals = (forged / "signals.jsonl").read_bytes().splitlines()
+    sig = json.loads(signals[1])
+    sig["executionId"] = att["executionId"]
+    signals[1] = canonicalize(sig)
+    for name, rows in (("attestations.jsonl", lines), ("signals.jsonl", signals)):
+        (forged / name).write_bytes(b"\n".join(rows) + b"\n")
+    manifest = json.loads((forged / "manifest.json").read_bytes())
+    for name in ("attestations.jsonl", "signals.jsonl"):
+        manifest["files"][name] = hashlib.sha256((forged / name).read_bytes()).hexdigest()
+    merkle = MerkleBuilder()
+    merkle.add_many(lines)
+    manifest["merkleRoot"] = merkle.root()
+    manifest["signature"] = base64.b64encode(key.sign(manifest_message(manifest))).decode()
+    (forged / "manifest.json").write_bytes(canonicalize(manifest))
+    report = verify_archive(forged, trust, progress=False)
+    assert report.summary.archive_codes == ["INCLUSION_PROOF_INVALID"] and report.summary.failed == 0
+    assert report.archive_checks[0].lines == "2"
 
 
 def _rewrite_archive(archive: Path, key: SigningKey, line_index: int) -> None:
