@@ -31,18 +31,20 @@ import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from .attestation import pae
-from .audit import AuditDB
 from .canonical import canonicalize, quote
 from .errors import ParmanaError
 from .keys import SigningKey, TrustStore
 from .merkle import MerkleBuilder
 from .provenance import RuntimeManifest, runtime_hash, runtime_manifest
 from .timestamps import Clock, format_ts, system_clock, time_bound
+
+if TYPE_CHECKING:
+    from .audit import AuditDB  # exports read one; opening and verifying archives need no DuckDB
 
 ARCHIVE_TYPE = "PARMANA_ARCHIVE_V1"
 FORMAT = "parmana-archive"

@@ -8,24 +8,22 @@ import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .archive import ArchiveError
 from .canonical import canonicalize
-from .demo import describe, load_requests, run_demo
 from .errors import KeyStoreError, ParmanaError, PolicyError, RequestError
-from .imports import ImportRefused, import_archive
 from .keys import Keyring, TrustStore, load_key_file, new_key_file
-from .logverify import verify_log_file
 from .policy import PolicyStore
 from .provenance import runtime_info
-from .replays import find_replays
 from .reports import archive_text
-from .reproducibility import reproduce
-from .runtime import Runtime
-from .verify import verify_archive
-from .witness import WitnessError, cosign, witness_vkey
 from .workspace import DEFAULT_WORKSPACE, Workspace, default_policy_dir
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+# Commands import what they use when they run: `verify`, `keys`, `runtime` and `policies` start without
+# DuckDB, pandas, matplotlib or ipywidgets (tests/test_cli_imports.py holds them to it).
 
 EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = 0, 1, 2
 
@@ -180,6 +178,8 @@ def _line(obj: Any) -> None:
 
 def _requests(files: Sequence[Path]) -> Iterator[Any]:
     """Each request of each file in order; an unusable file yields its refusal in place."""
+    from .demo import load_requests
+
     for path in files:
         try:
             requests = load_requests(path)
@@ -190,6 +190,9 @@ def _requests(files: Sequence[Path]) -> Iterator[Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .demo import describe
+    from .runtime import Runtime
+    
     refused = False
     states: Counter = Counter()
     codes: Counter = Counter()
@@ -307,6 +310,8 @@ def cmd_policies(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from .runtime import Runtime
+    
     fmt = args.format or next((f for f in ("zip", "tar.gz") if args.out.name.endswith("." + f)), "dir")
     policy_id, at, policy_version = (args.policy or "").partition("@")
     if args.policy is not None and (not policy_id or (at and not policy_version)):
@@ -345,6 +350,8 @@ def _trust_for(args: argparse.Namespace) -> Path | None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from .verify import verify_archive
+    
     trust = _trust_for(args)
     store = TrustStore.load(trust) if trust else TrustStore()
     worst, outcomes = EXIT_OK, Counter()
@@ -387,6 +394,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    from .imports import ImportRefused, import_archive
+    from .runtime import Runtime
+    
     trust = None if args.unverified else _trust_for(args)
     worst, outcomes, totals = EXIT_OK, Counter(), Counter()
     with Runtime(args.workspace, wait=args.wait) as rt:
@@ -427,6 +437,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_replays(args: argparse.Namespace) -> int:
+    from .replays import find_replays
+    
     with find_replays(args.sources) as report:
         findings = report.findings()
         s = report.summary
@@ -455,6 +467,8 @@ def cmd_audit_replays(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_reproduce(args: argparse.Namespace) -> int:
+    from .reproducibility import reproduce
+    
     versions = {}
     for item in args.policy_version:
         policy_id, sep, version = item.partition("=")
@@ -498,6 +512,8 @@ def _read_file(path: Path, code: str = "PROOF_MALFORMED") -> bytes:
 
 
 def cmd_log(args: argparse.Namespace) -> int:
+    from .runtime import Runtime
+    
     with Runtime(args.workspace, wait=args.wait) as rt:
         info = rt.log.info()
     if args.json:
@@ -509,12 +525,16 @@ def cmd_log(args: argparse.Namespace) -> int:
 
 
 def cmd_log_checkpoint(args: argparse.Namespace) -> int:
+    from .runtime import Runtime
+    
     with Runtime(args.workspace, wait=args.wait) as rt:
         _emit(rt.log.checkpoint().render(), args.out)
     return EXIT_OK
 
 
 def cmd_log_prove(args: argparse.Namespace) -> int:
+    from .runtime import Runtime
+    
     with Runtime(args.workspace, wait=args.wait) as rt:
         checkpoint = _read_file(args.checkpoint, "CHECKPOINT_MALFORMED") if args.checkpoint else None
         _emit(rt.log.prove(args.execution_id, checkpoint).render(), args.out)
@@ -522,6 +542,8 @@ def cmd_log_prove(args: argparse.Namespace) -> int:
 
 
 def cmd_log_prove_consistency(args: argparse.Namespace) -> int:
+    from .runtime import Runtime
+    
     with Runtime(args.workspace, wait=args.wait) as rt:
         old = _read_file(args.old, "CHECKPOINT_MALFORMED")
         rt.log.checkpoint()  # the newest state, signed (a no-op when nothing changed)
@@ -530,6 +552,8 @@ def cmd_log_prove_consistency(args: argparse.Namespace) -> int:
 
 
 def cmd_log_verify(args: argparse.Namespace) -> int:
+    from .logverify import verify_log_file
+    
     store = TrustStore.load(args.trust)
     if not store.keys:
         raise KeyStoreError("KEY-004", "verify", f"{args.trust} holds no keys")
@@ -545,6 +569,8 @@ def cmd_log_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_log_cosign(args: argparse.Namespace) -> int:
+    from .witness import WitnessError, cosign
+    
     key = load_key_file(args.key)
     try:
         signed = cosign(_read_file(args.checkpoint, "CHECKPOINT_MALFORMED"), key, args.name, args.state,
@@ -559,11 +585,15 @@ def cmd_log_cosign(args: argparse.Namespace) -> int:
 
 
 def cmd_log_witness_key(args: argparse.Namespace) -> int:
+    from .witness import witness_vkey
+    
     print(witness_vkey(load_key_file(args.key), args.name))
     return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+    
     run_demo(Path(args.workspace) / "demo", policies=args.policies, requests=args.requests)
     return EXIT_OK
 

@@ -32,6 +32,11 @@ def key_id_for(raw_public_key: bytes) -> str:
     return hashlib.sha256(raw_public_key).hexdigest()[:16]
 
 
+def origin_for(first_key_id: str) -> str:
+    """The name of a runtime's transparency log (and its note key): stable across rotations, it names the first key."""
+    return f"parmana-lab/{first_key_id}"
+
+
 def public_key_to_pem(raw: bytes) -> str:
     return (
         Ed25519PublicKey.from_public_bytes(raw)

@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from .errors import ParmanaError
-from .keys import TrustStore
+from .keys import TrustStore, origin_for
 from .merkle import leaf_hash
 from .notes import (
     ED25519,
@@ -30,7 +30,6 @@ from .notes import (
 from .proofs import ProofError
 from .proofs import verify_consistency as _verify_consistency
 from .proofs import verify_inclusion as _verify_inclusion
-from .translog import origin_for
 
 Kind = Literal["checkpoint", "inclusion", "consistency"]
 

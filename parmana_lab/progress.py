@@ -44,6 +44,10 @@ def progress_bar(progress: Progress, total: int | None, desc: str, unit: str) ->
         return _CallbackBar(progress, total)
     if not progress:
         return _CallbackBar(_silent, total)  # and tqdm.auto, which imports ipywidgets, stays unimported
-    from tqdm.auto import tqdm
+    import sys
 
+    if "IPython" in sys.modules:  # a notebook (or IPython): tqdm.auto picks the widget bar there
+        from tqdm.auto import tqdm
+    else:
+        from tqdm.std import tqdm
     return tqdm(total=total, unit=unit, desc=desc, disable=not progress, leave=False)

@@ -23,6 +23,7 @@ from datetime import datetime
 import numpy as np
 
 from .errors import ParmanaError
+from .keys import origin_for
 from .merkle import leaf_hash, node_hash
 from .notes import (
     ED25519,
@@ -44,11 +45,6 @@ class LogError(ParmanaError):
 
     def __init__(self, code: str, reason: str) -> None:
         super().__init__(code, "log", reason)
-
-
-def origin_for(first_key_id: str) -> str:
-    """The log's name: stable across key rotations because it names the first signing key."""
-    return f"parmana-lab/{first_key_id}"
 
 
 def _level(size: int) -> int:
@@ -87,17 +83,17 @@ def append_nodes(con, size: int, lines: Sequence[bytes]) -> dict[str, np.ndarray
 
 
 def _nodes(con, parts: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
-    if not parts:
+    """The stored hashes of these aligned subtrees. One point lookup per part in a single query: rows are
+    written in end_leaf order, so each lookup touches one row group (a join would scan the whole table)."""
+    unique = list(dict.fromkeys(parts))
+    if not unique:
         return {}
-    keys = ", ".join(f"({_level(b - a)}, {b})" for a, b in parts)  # integers only: nothing to quote
-    low, high = min(b for _, b in parts), max(b for _, b in parts)
-    rows = con.execute(
-        f"SELECT level, end_leaf, any_value(hash), count(*) FROM log_nodes WHERE end_leaf BETWEEN {low} AND {high} "
-        f"AND (level, end_leaf) IN ({keys}) GROUP BY ALL"
-    ).fetchall()
-    found = {(end - (1 << level), end): bytes(h) for level, end, h, _ in rows}
-    missing = [p for p in parts if p not in found]
-    if missing or any(n != 1 for *_, n in rows):
+    query = " UNION ALL ".join(f"SELECT {_level(b - a)}, {b}, hash FROM log_nodes WHERE end_leaf = {b} AND level = {_level(b - a)}"
+                               for a, b in unique)  # integers only: nothing to quote
+    rows = con.execute(query).fetchall()
+    found = {(end - (1 << level), end): bytes(h) for level, end, h in rows}
+    missing = [p for p in unique if p not in found]
+    if missing or len(rows) != len(unique):
         raise LogError("LOG-002", f"the audit DB's log nodes are incomplete or doubled (e.g. leaves {missing[:1]}): "
                                   "the log was edited behind the runtime's back")
     return found
@@ -127,13 +123,14 @@ def _range_hashes(con, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
 
 
 def log_size(con) -> int:
-    size, top, nodes = con.execute(
-        "SELECT count(log_index), coalesce(max(log_index) + 1, 0), (SELECT count(*) FROM log_nodes WHERE level = 0) "
-        "FROM attestations"
-    ).fetchall()[0]
-    if not size == top == nodes:
-        raise LogError("LOG-002", f"the audit DB holds {size} of this runtime's records, numbered up to {top}, and {nodes} "
-                                  "log leaves: records were deleted or added behind the runtime's back")
+    """How many leaves the log has; LOG-002 unless the records and the stored leaves agree on it."""
+    size, top = con.execute("SELECT count(log_index), coalesce(max(log_index) + 1, 0) FROM attestations").fetchall()[0]
+    # leaves are written in end_leaf order: only the tail is read to find the last one
+    tail = con.execute(f"SELECT count(*), coalesce(max(end_leaf), 0) FROM log_nodes WHERE level = 0 AND end_leaf >= {top}"
+                       ).fetchall()[0]
+    if not size == top or tail != ((1, top) if top else (0, 0)):
+        raise LogError("LOG-002", f"the audit DB holds {size} of this runtime's records, numbered up to {top}, and the log's "
+                                  f"leaves end at {tail[1]}: records were deleted or added behind the runtime's back")
     return size
 
 
@@ -188,8 +185,7 @@ class TransparencyLog:
         """Sign (and record) a checkpoint of the whole log, after checking it extends every earlier one."""
         with self._db.transaction() as con:
             size = log_size(con)
-            root = root_at(con, size)
-            self._check_history(con, size, root)
+            root = self._check_history(con, size)
             existing = con.execute("SELECT note FROM log_checkpoints WHERE size = ?", [size]).fetchall()
             if existing:
                 return parse_checkpoint(existing[0][0])
@@ -200,16 +196,19 @@ class TransparencyLog:
     def _now(self) -> datetime:
         return self._clock()
 
-    def _check_history(self, con, size: int, root: bytes) -> None:
-        """LOG-003 unless (size, root) extends the latest signed checkpoint; LOG-002 unless the records added
-        since then hash to the stored leaves."""
+    def _check_history(self, con, size: int) -> bytes:
+        """The root at ``size``, after checking it extends the latest signed checkpoint (LOG-003) and that the
+        records added since then hash to the stored leaves and subtrees (LOG-002 / LOG-003)."""
         last = con.execute("SELECT size, root FROM log_checkpoints ORDER BY size DESC LIMIT 1").fetchall()
         old_size, old_root = (last[0][0], bytes(last[0][1])) if last else (0, EMPTY_ROOT)
         if size < old_size:
             raise LogError("LOG-003", f"the log has {size} leaves but a checkpoint of {old_size} was signed: history was removed")
-        if old_size and root_at(con, old_size) != old_root:
+        old_parts, new_parts = aligned_parts(0, old_size), aligned_parts(0, size)
+        nodes = _nodes(con, [*old_parts, *new_parts])
+        stack = [(b - a, nodes[(a, b)]) for a, b in old_parts]
+        if (range_hash([h for _, h in stack]) if stack else EMPTY_ROOT) != old_root:
             raise LogError("LOG-003", f"the stored log no longer has the root signed at size {old_size}: history was rewritten")
-        builder_stack = frontier(con, old_size) if old_size else []
+        root = range_hash([nodes[p] for p in new_parts]) if new_parts else EMPTY_ROOT
         rows = con.execute("SELECT log_index, canonical FROM attestations WHERE log_index >= ? ORDER BY log_index",
                            [old_size]).fetchall()
         stored = dict(con.execute("SELECT end_leaf - 1, hash FROM log_nodes WHERE level = 0 AND end_leaf > ?",
@@ -220,13 +219,13 @@ class TransparencyLog:
                 raise LogError("LOG-002", f"record {index} of the log no longer hashes to its leaf: it was edited after it "
                                           "was recorded")
             node, width = h, 1
-            while builder_stack and builder_stack[-1][0] == width:
-                _, left = builder_stack.pop()
+            while stack and stack[-1][0] == width:
+                _, left = stack.pop()
                 node, width = node_hash(left, node), width * 2
-            builder_stack.append((width, node))
-        rebuilt = range_hash([h for _, h in builder_stack]) if builder_stack else EMPTY_ROOT
-        if rebuilt != root:
+            stack.append((width, node))
+        if (range_hash([h for _, h in stack]) if stack else EMPTY_ROOT) != root:
             raise LogError("LOG-003", "the stored subtree hashes do not match the records added since the last checkpoint")
+        return root
 
     def _resolve(self, con, checkpoint: Checkpoint | str | bytes | None, also: Sequence[tuple[int, int]] = ()
                  ) -> tuple[Checkpoint, dict[tuple[int, int], bytes]]:

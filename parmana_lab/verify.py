@@ -28,13 +28,12 @@ from contextlib import contextmanager
 from itertools import chain, repeat
 from multiprocessing.context import BaseContext
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import nacl.bindings
 import nacl.exceptions
 import numpy as np
 import orjson
-import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._gc import cyclic_gc_paused
@@ -79,6 +78,9 @@ from .keys import TrustStore
 from .merkle import MerkleBuilder, leaf_hash
 from .policy import Policy
 from .progress import Progress, progress_bar
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class Finding(BaseModel):
@@ -403,6 +405,8 @@ class ArchiveReport(BaseModel):
 
     def to_pandas(self) -> pd.DataFrame:
         """One row per attestation: ids, policy, decided action, every check, the reason code and hint."""
+        import pandas as pd
+
         data = self.table.frame()
         codes = self.table.primary_codes()
         data["status"] = ["verified" if c == "VERIFIED" else "warning" if c == "RUNTIME_UNKNOWN" else "failed" for c in codes]
