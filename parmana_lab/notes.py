@@ -277,12 +277,16 @@ def _proof_hashes(lines: list[str], code: str) -> tuple[bytes, ...]:
     return tuple(hashes)
 
 
-def parse_inclusion_proof(data: str | bytes) -> InclusionProofText:
-    text = _text(data, "PROOF_MALFORMED")
-    head, sep, note = text.partition("\n\n")
+def _proof_and_checkpoint(data: str | bytes) -> tuple[list[str], Checkpoint]:
+    """The lines before the first blank line, and the checkpoint after it (both proof formats end so)."""
+    head, sep, note = _text(data, "PROOF_MALFORMED").partition("\n\n")
     if not sep:
         raise ProofError("PROOF_MALFORMED", "no blank line between the proof and its checkpoint")
-    lines = head.split("\n")
+    return head.split("\n"), parse_checkpoint(note)
+
+
+def parse_inclusion_proof(data: str | bytes) -> InclusionProofText:
+    lines, checkpoint = _proof_and_checkpoint(data)
     if lines[0] != PROOF_HEADER:
         raise ProofError("PROOF_MALFORMED", f"the first line is not {PROOF_HEADER}")
     extra = None
@@ -295,7 +299,7 @@ def parse_inclusion_proof(data: str | bytes) -> InclusionProofText:
         rest = rest[1:]
     if not rest or not rest[0].startswith("index ") or not _DECIMAL.fullmatch(rest[0][6:]):
         raise ProofError("PROOF_MALFORMED", "no `index N` line (a decimal without leading zeros)")
-    return InclusionProofText(int(rest[0][6:]), _proof_hashes(rest[1:], "PROOF_MALFORMED"), parse_checkpoint(note), extra)
+    return InclusionProofText(int(rest[0][6:]), _proof_hashes(rest[1:], "PROOF_MALFORMED"), checkpoint, extra)
 
 
 @dataclass(frozen=True)
@@ -310,14 +314,10 @@ class ConsistencyProofText:
 
 
 def parse_consistency_proof(data: str | bytes) -> ConsistencyProofText:
-    text = _text(data, "PROOF_MALFORMED")
-    head, sep, note = text.partition("\n\n")
-    if not sep:
-        raise ProofError("PROOF_MALFORMED", "no blank line between the proof and the new checkpoint")
-    lines = head.split("\n")
+    lines, checkpoint = _proof_and_checkpoint(data)
     if not lines[0].startswith("old ") or not _DECIMAL.fullmatch(lines[0][4:]):
         raise ProofError("PROOF_MALFORMED", "the first line is not `old N`")
-    return ConsistencyProofText(int(lines[0][4:]), _proof_hashes(lines[1:], "PROOF_MALFORMED"), parse_checkpoint(note))
+    return ConsistencyProofText(int(lines[0][4:]), _proof_hashes(lines[1:], "PROOF_MALFORMED"), checkpoint)
 
 
 def _text(data: str | bytes, code: str) -> str:
