@@ -452,7 +452,7 @@ def cmd_audit_replays(args: argparse.Namespace) -> int:
             for bad in report.unreadable:
                 _line({"source": bad["source"], "line": bad["line"], "unreadable": bad["reason"]})
             return _summary(code, **s.model_dump())
-        print(f"{len(s.sources)} source(s): {report._headline()}")
+        print(f"{len(s.sources)} source(s): {report.headline()}")
         for finding in findings:
             print(f"  {finding['execution_fingerprint']}")
             for o in finding["executions"]:

@@ -151,7 +151,8 @@ class ReplayReport:
     def to_pandas(self) -> pd.DataFrame:
         return self.executions.copy()
 
-    def _headline(self) -> str:
+    def headline(self) -> str:
+        """The counts in one sentence, as the CLI, the panel and the reports say them."""
         s = self.summary
         text = (f"{s.records} records, {s.executions} distinct executions ({s.copies} copies of the same record in several "
                 f"places); {s.replayed_fingerprints} fingerprints consumed by more than one execution ({s.extra_uses} extra "
@@ -164,7 +165,7 @@ class ReplayReport:
 
     def to_markdown(self) -> str:
         s = self.summary
-        lines = [f"# Replay detection over {len(s.sources)} source(s)", "", self._headline()]
+        lines = [f"# Replay detection over {len(s.sources)} source(s)", "", self.headline()]
         if len(self.executions):
             lines += ["", "| execution_fingerprint | executionId | source | line | issuedAt | signerKeyId | decision | also in |",
                       "| --- | --- | --- | ---: | --- | --- | --- | --- |"]
@@ -182,7 +183,7 @@ class ReplayReport:
 
     def to_html(self) -> str:
         s = self.summary
-        head = f"<h3>Replay detection over {len(s.sources)} source(s)</h3><p>{self._headline()}</p>"
+        head = f"<h3>Replay detection over {len(s.sources)} source(s)</h3><p>{self.headline()}</p>"
         if not len(self.executions):
             return head
         return head + bar_chart(self.by_source(), "replays by source") + self.executions.to_html(index=False)

@@ -65,7 +65,7 @@ class ReplayExplorer(Panel):
             self.report.close()
         self.report = report
         s = report.summary
-        self.summary.value = f"<p>{len(s.sources)} source(s): {escape(report._headline())}</p>"
+        self.summary.value = f"<p>{len(s.sources)} source(s): {escape(report.headline())}</p>"
         self.chart.value = bar_chart(report.by_source(), "replays by source") if len(report.executions) else ""
         counts = report.executions.groupby("execution_fingerprint", sort=True)["source"].agg(["count", "unique"])
         self.fingerprints.options = [(f"{fp[:16]}…  {row['count']} executions  in {', '.join(row['unique'])}", fp)
