@@ -18,9 +18,9 @@ PROBE = """
 import sys
 from parmana_lab.cli import main
 code = main(sys.argv[1:])
-print("LOADED", sorted({m.split('.')[0] for m in sys.modules} & %r))
+print("LOADED", sorted({m.split('.')[0] for m in sys.modules} & HEAVY))
 raise SystemExit(code)
-""" % HEAVY
+""".replace("HEAVY", repr(HEAVY))
 
 
 @pytest.fixture(scope="module")
