@@ -28,7 +28,7 @@ from . import translog
 from .attestation import FIELDS
 from .errors import AuditStoreError, ParmanaError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DECISION_FIELDS = ("action", "requires_override", "reason", "ruleId")
 # every attestation member as a column (decision flattened), in wire order, then the canonical JSON
 ATTESTATION_COLUMNS = (
@@ -125,6 +125,15 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE TABLE log_nodes (level TINYINT NOT NULL, end_leaf BIGINT NOT NULL, hash BLOB NOT NULL);
         CREATE TABLE log_checkpoints (size BIGINT PRIMARY KEY, root BLOB NOT NULL, note VARCHAR NOT NULL,
                                       signed_at TIMESTAMPTZ NOT NULL);
+        """,
+    ),
+    (
+        # v4: each signed policy bundle the first time it is used (bundles.py): what rollback protection checks
+        4,
+        """
+        CREATE TABLE bundles (policyId VARCHAR NOT NULL, policyVersion VARCHAR NOT NULL, sequence BIGINT NOT NULL,
+                              manifest_hash VARCHAR NOT NULL, signer_key_ids VARCHAR[] NOT NULL,
+                              first_used_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (policyId, manifest_hash));
         """,
     ),
 )
@@ -434,6 +443,7 @@ def reserve(
     now: datetime,
     ttl: float,
     clock: Any = None,
+    bundles: dict[tuple[str, str], tuple[int, str, list[str]]] | None = None,
 ) -> dict[int, tuple[str, str]]:
     """Transaction 1: reserve fingerprints, register policies, record refusals.
 
@@ -447,6 +457,8 @@ def reserve(
     cand = {"i": np.arange(len(fps), dtype=np.int64), "execution_fingerprint": column(fps), "executionId": column(ids)}
     with db.transaction() as con:
         changed = _register_policies(con, policies, at)
+        if bundles:
+            changed = {**_register_bundles(con, bundles, at), **changed}
         refused = {i: changed[key] for i, key in enumerate(keys) if key in changed} if changed else {}
         with Registered(con, cand=cand):
             seen = con.execute(
@@ -491,6 +503,27 @@ def _backfill_log(con) -> None:
         with Registered(con, backfill=translog.append_nodes(con, size, lines)):
             con.execute("INSERT INTO log_nodes SELECT level, end_leaf, hash FROM backfill")
         size += len(lines)
+
+
+def _register_bundles(con, bundles: dict[tuple[str, str], tuple[int, str, list[str]]], at: datetime) -> dict:
+    """Rollback protection: a bundle's sequence may not be below the highest used for its policyId (POL-034),
+    nor equal to a used one with another manifest (POL-035); a new bundle is recorded on first use."""
+    refused: dict[tuple[str, str], tuple[str, str]] = {}
+    for (pid, pver), (sequence, manifest_hash, signers) in sorted(bundles.items(), key=lambda kv: kv[1][0]):
+        used = con.execute("SELECT policyVersion, sequence, manifest_hash FROM bundles WHERE policyId = ?", [pid]).fetchall()
+        if any(h == manifest_hash for _, _, h in used) and sequence >= max(s for _, s, _ in used):
+            continue
+        top = max((s for _, s, _ in used), default=0)
+        same = [v for v, s, h in used if s == sequence and h != manifest_hash]
+        if same:
+            refused[(pid, pver)] = ("POL-035", f"bundle sequence {sequence} of {pid} was already used by another manifest "
+                                               f"({pid} {same[0]}): a sequence names one bundle only")
+        elif sequence < top:
+            refused[(pid, pver)] = ("POL-034", f"rollback: {pid} {pver} has bundle sequence {sequence}, but sequence {top} "
+                                               f"of {pid} has been used in this audit DB")
+        elif not any(h == manifest_hash for _, _, h in used):
+            con.execute("INSERT INTO bundles VALUES (?, ?, ?, ?, ?, ?)", [pid, pver, sequence, manifest_hash, signers, at])
+    return refused
 
 
 def _register_policies(con, policies: dict[tuple[str, str], tuple[str, str]], at: datetime) -> dict:

@@ -52,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("files", nargs="+", type=Path)
     run.add_argument("--policies", type=Path, help="policy folder (default ./sample_policies or the bundled samples)")
     run.add_argument("--json", action="store_true", help="one JSON line per request, printed once committed")
+    run.add_argument("--authority", type=Path, help="refuse policies no author in this file signed (default: the workspace's)")
     run.set_defaults(func=cmd_run)
 
     keys = sub.add_parser("keys", help="show the trust store; `keys rotate` makes a new signing key")
@@ -66,10 +67,27 @@ def _parser() -> argparse.ArgumentParser:
     rt.add_argument("--json", action="store_true")
     rt.set_defaults(func=cmd_runtime)
 
-    pol = sub.add_parser("policies", help="policies found, with bundleHash and validation errors")
+    pol = sub.add_parser("policies", help="policies found, with bundleHash and validation errors; `sign`, `verify` bundles")
+    pol.add_argument("action", nargs="?", choices=["list", "sign", "verify"], default="list")
+    pol.add_argument("dirs", nargs="*", type=Path, help="with sign / verify: policy version folders")
     pol.add_argument("--policies", type=Path)
+    pol.add_argument("--authority", type=Path, help="authority file (default: the workspace's keys/authority.json)")
+    pol.add_argument("--key", type=Path, help="with sign: the author's private key file")
+    pol.add_argument("--author", help="with sign: the authorId")
+    pol.add_argument("--sequence", type=int, help="with sign: the bundle sequence (default: one more than beside it)")
+    pol.add_argument("--expires", help="with sign: expiry time")
     pol.add_argument("--json", action="store_true")
     pol.set_defaults(func=cmd_policies)
+
+    aut = sub.add_parser("authority", help="the authority file: who may author policies")
+    aut.add_argument("action", nargs="?", choices=["show", "add-author", "revoke"], default="show")
+    aut.add_argument("name", nargs="?", help="add-author: the AUTHOR_ID; revoke: the KEYID")
+    aut.add_argument("--authority", type=Path, help="default: the workspace's keys/authority.json")
+    aut.add_argument("--key", type=Path, help="add-author: a private or public PEM (only the public key is written)")
+    aut.add_argument("--policies", nargs="+", default=[], metavar="ID_OR_PATTERN")
+    aut.add_argument("--at", help="revoke: from this time (default now)")
+    aut.add_argument("--json", action="store_true")
+    aut.set_defaults(func=cmd_authority)
 
     exp = sub.add_parser("export", help="write the audit DB's attestations as a signed archive")
     exp.add_argument("--out", type=Path, required=True, help="target directory or file")
@@ -196,7 +214,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     refused = False
     states: Counter = Counter()
     codes: Counter = Counter()
-    with Runtime(args.workspace, policies=args.policies, wait=args.wait) as rt:
+    with Runtime(args.workspace, policies=args.policies, wait=args.wait, authority=args.authority) as rt:
+        if not args.json:
+            print(f"({rt.authorship})", file=sys.stderr)
         for result in _executed(rt, _requests(args.files)):
             (codes if isinstance(result, ParmanaError) else states)[
                 result.code if isinstance(result, ParmanaError) else result.execution_state] += 1
@@ -280,7 +300,66 @@ def cmd_runtime(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _authority_path(args: argparse.Namespace) -> Path:
+    return args.authority or Workspace(args.workspace).keys_dir / "authority.json"
+
+
+def cmd_authority(args: argparse.Namespace) -> int:
+    from .authority import AuthorEntry, Authority
+    from .keys import SigningKey, public_key_from_pem, public_key_to_pem
+
+    path = _authority_path(args)
+    authority = Authority.load(path) if path.exists() else Authority()
+    if args.action == "add-author":
+        if not args.name or not args.key or not args.policies:
+            raise KeyStoreError("KEY-008", "keys", "authority add-author AUTHOR_ID --key FILE --policies ID_OR_PATTERN...")
+        data = _read_file(args.key, "KEY-002")
+        try:
+            raw = public_key_from_pem(data)
+        except ValueError:
+            raw = (load_key_file(args.key) if b"PRIVATE" in data else SigningKey.from_pem(data)).public_key
+        from .keys import key_id_for
+        from .timestamps import format_ts, system_clock
+
+        entry = AuthorEntry(authorId=args.name, keyId=key_id_for(raw), publicKey=public_key_to_pem(raw),
+                            policyIds=args.policies, notBefore=format_ts(system_clock()))
+        if authority.author(entry.keyId):
+            raise KeyStoreError("KEY-008", "keys", f"key {entry.keyId} is already in {path}")
+        if any(k.keyId == entry.keyId for k in Keyring(Workspace(args.workspace).keys_dir).trust_store().keys):
+            raise KeyStoreError("KEY-008", "keys", f"key {entry.keyId} is a runtime signing key: it can never author policies")
+        authority.authors.append(entry)
+        authority.save(path)
+        print(f"author {args.name} key {entry.keyId} may sign {', '.join(args.policies)} ({path})")
+        return EXIT_OK
+    if args.action == "revoke":
+        from .timestamps import format_ts, system_clock, time_bound
+
+        entry = authority.author(args.name or "")
+        if entry is None:
+            raise KeyStoreError("KEY-005", "keys", f"no author key {args.name!r} in {path}")
+        try:
+            at = time_bound(args.at) if args.at else format_ts(system_clock())
+        except ValueError as exc:
+            raise KeyStoreError("KEY-007", "keys", str(exc)) from None
+        authority.authors[authority.authors.index(entry)] = entry.model_copy(update={"revokedAt": at})
+        authority.save(path)
+        print(f"author key {entry.keyId} ({entry.authorId}) revoked from {at}")
+        return EXIT_OK
+    if args.json:
+        sys.stdout.write(authority.to_json())
+    else:
+        for a in authority.authors:
+            print(f"{a.authorId:<16} {a.keyId}  {', '.join(a.policyIds)}" + (f"  revoked {a.revokedAt}" if a.revokedAt else ""))
+        if not authority.authors:
+            print(f"no authors in {path}")
+    return EXIT_OK
+
+
 def cmd_policies(args: argparse.Namespace) -> int:
+    if args.action == "sign":
+        return _policies_sign(args)
+    if args.action == "verify":
+        return _policies_verify(args)
     store = PolicyStore(args.policies or default_policy_dir())
     bad, loaded, failed = False, 0, 0
     for item in store.scan():
@@ -306,7 +385,42 @@ def cmd_policies(args: argparse.Namespace) -> int:
             extra = "".join(f"  [{w['code']}] {w['reason']}" for w in warnings)
             print(f"{item.policyId:<18} {item.policyVersion:<8} {item.bundleHash}  {len(item.rules)} rules{extra}")
     code = EXIT_FAILED if bad else EXIT_OK
+    if not _authority_path(args).exists():
+        print("(authorship not checked: no authority file; `parmana-lab policies verify DIR --authority FILE` checks bundles)",
+              file=sys.stderr)
     return _summary(code, loaded=loaded, failed=failed) if args.json else code
+
+
+def _policies_sign(args: argparse.Namespace) -> int:
+    from .bundles import sign_bundle
+
+    if not args.dirs or not args.key or not args.author:
+        raise PolicyError("POL-030", "policy", "policies sign DIR... --key FILE.pem --author AUTHOR_ID")
+    key = load_key_file(args.key)
+    for folder in args.dirs:
+        manifest = sign_bundle(folder, key, args.author, sequence=args.sequence, expires=args.expires)
+        print(f"signed {manifest['policyId']} {manifest['policyVersion']} as {args.author} (sequence {manifest['sequence']})")
+    return EXIT_OK
+
+
+def _policies_verify(args: argparse.Namespace) -> int:
+    from .authority import Authority
+    from .bundles import verify_bundle
+
+    if not args.dirs:
+        raise PolicyError("POL-030", "policy", "policies verify DIR... --authority FILE")
+    authority = Authority.load(_authority_path(args))
+    runtime_keys = frozenset(k.keyId for k in Keyring(Workspace(args.workspace).keys_dir).trust_store().keys)
+    failed = 0
+    for folder in args.dirs:
+        v = verify_bundle(folder, authority, runtime_keys=runtime_keys)
+        failed += v.status != "verified"
+        if args.json:
+            _line(v.model_dump(include={"policyId", "policyVersion", "status", "code", "reason", "sequence", "signerKeyIds"}))
+        else:
+            print(f"{v.policyId} {v.policyVersion}: {v.status.upper()} {v.code}  {v.reason}")
+    code = EXIT_FAILED if failed else EXIT_OK
+    return _summary(code, verified=len(args.dirs) - failed, failed=failed) if args.json else code
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -21,6 +21,8 @@ from ._gc import cyclic_gc_paused
 from .archive import CHECKPOINT, LOG_PROOFS, ExportResult, export_archive
 from .attestation import ExecutionAttestation, seal
 from .audit import AuditDB, first_line, storage_hint
+from .authority import AUTHORITY_FILE, Authority
+from .bundles import BundleVerdict, verify_bundle
 from .canonical import canonical_hash, canonicalize, fingerprint_payload, sha256_hex
 from .errors import AuditStoreError, ParmanaError, PolicyError, ReplayError, RequestError
 from .evaluate import Decision, decide
@@ -55,6 +57,8 @@ class Runtime:
     ``clock`` and ``new_id`` are injectable so tests can move time and fix ids.
     ``wait`` is how long to wait for another process that holds the audit DB
     (a notebook kernel, another command) before refusing with AUD-001.
+    ``authority`` (default: the workspace's ``keys/authority.json`` if present)
+    makes the runtime refuse any policy version no authorized author signed.
     """
 
     def __init__(
@@ -67,9 +71,15 @@ class Runtime:
         failed_ttl: float = 30.0,
         new_id=new_execution_id,
         wait: float = 0.0,
+        authority: str | Path | Authority | None = None,
     ) -> None:
         self.workspace = Workspace(workspace)
         self.policies = policies if isinstance(policies, PolicyStore) else PolicyStore(policies or default_policy_dir())
+        default_authority = self.workspace.keys_dir / AUTHORITY_FILE
+        if authority is None and default_authority.is_file():
+            authority = default_authority
+        self.authority = authority if isinstance(authority, Authority) or authority is None else Authority.load(authority)
+        self._bundles: dict[tuple[str, str], BundleVerdict] = {}
         self.keyring = Keyring(self.workspace.keys_dir, clock=clock)
         self._clock = clock
         self._new_id = new_id
@@ -170,9 +180,30 @@ class Runtime:
 
     # -- the flow ----------------------------------------------------------------------------
 
+    @property
+    def authorship(self) -> str:
+        """Whether policy authorship is enforced, in words (shown by the CLI and the demo)."""
+        if self.authority is None:
+            return "authorship not checked: no authority file, so unsigned policies load"
+        return f"authorship checked: {len(self.authority.authors)} author key(s) in the authority file"
+
+    def _bundle(self, policy: Policy) -> BundleVerdict:
+        """The bundle verdict of a policy version, checked once per batch (revocations take effect at the next one)."""
+        found = self._bundles.get(policy.key)
+        if found is None:
+            folder = Path(policy.source).parent if policy.source else Path(".")
+            runtime_keys = frozenset(k.keyId for k in self.trust_store().keys)
+            found = self._bundles[policy.key] = verify_bundle(folder, self.authority, runtime_keys=runtime_keys,
+                                                              now=format_ts(self._clock()))
+        if found.status != "verified":
+            raise PolicyError(found.code, "policy", found.reason)
+        return found
+
     def _prepare(self, index: int, raw: Any) -> _Pending:
         pid, pver, signals, execution_id, signals_jcs = check_request(raw, new_id=self._new_id)
         policy = self.policies.get(pid, pver)
+        if self.authority is not None:
+            self._bundle(policy)  # before any reservation or signature
         validate_signals(signals, policy)
         decision = decide(policy, signals)
         fingerprint = sha256_hex(fingerprint_payload(pid, pver, signals_jcs))
@@ -184,6 +215,7 @@ class Runtime:
 
     def _run_chunk_unpaused(self, raws: list[Any]) -> list[Result]:
         now = self._clock()
+        self._bundles = {}
         results: list[Result | None] = [None] * len(raws)
         refusals: list[tuple] = []  # each stamped when it happened
         pending: list[_Pending] = []
@@ -219,7 +251,9 @@ class Runtime:
         used = {id(p.policy): p.policy for p in pending}.values()
         policies = {p.key: (p.bundleHash, canonicalize(p.document).decode("utf-8")) for p in used}
         try:
-            refused = audit.reserve(self.db, candidates, policies, refusals, now=now, ttl=self.reservation_ttl, clock=self._clock)
+            bundles = {k: (v.sequence, v.manifestHash, v.signerKeyIds) for k, v in self._bundles.items() if k in policies}
+            refused = audit.reserve(self.db, candidates, policies, refusals, now=now, ttl=self.reservation_ttl, clock=self._clock,
+                                    bundles=bundles)
         except (duckdb.Error, AuditStoreError) as exc:
             raise ReplayError(
                 "INV-REPLAY-001", "replay", f"no usable replay store in {self.db.path} ({first_line(exc)}); execution refused"
