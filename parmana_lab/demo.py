@@ -81,6 +81,7 @@ def run_demo(
                 echo(f"  policy error {item}")
             else:
                 echo(f"  policy {item.policyId} {item.policyVersion}  bundleHash {item.bundleHash[:16]}…")
+        echo(f"  ({rt.authorship})")
         results: list[ExecutionAttestation | ParmanaError] = []
         for path in request_files(request_dir):
             echo(f"\n{path.name}")
