@@ -64,10 +64,10 @@ class ReplayReport:
     """
 
     def __init__(self, con: duckdb.DuckDBPyConnection, sources: list[str], stack: ExitStack,
-                 unreadable: list[dict[str, Any]]) -> None:
+                 unreadable: list[dict[str, Any]], counts: tuple[int, int] | None = None) -> None:
         self.con, self.sources, self.unreadable = con, sources, unreadable
         self._finalizer = weakref.finalize(self, _release, con, stack)
-        self.records, self.unverified = con.execute(
+        self.records, self.unverified = counts if counts is not None else con.execute(
             "SELECT count(*), count(*) FILTER (WHERE import_status = 'unverified') FROM records"
         ).fetchall()[0]
         # one pass: every fingerprint used by more than one executionId, then those records in full
@@ -229,12 +229,13 @@ def find_replays(sources: Source | Sequence[Source]) -> ReplayReport:
         parts = [_part(con, stack, i, source, name) for i, (source, name) in enumerate(zip(sources, names))]
         unreadable: list[dict[str, Any]] = []
         _create_views(con, parts)
-        damaged = _damaged_sources(con, parts)
+        damaged, counts = _damaged_sources(con, parts)
         if damaged:  # read those line by line, so each unreadable record is named (an oversized line is ARC-006)
             for i in damaged:
                 parts[i] = _strict_part(con, i, names[i], parts[i][1], unreadable)
             _create_views(con, parts)
-        return ReplayReport(con, names, stack, unreadable)
+            counts = None
+        return ReplayReport(con, names, stack, unreadable, counts)
     except BaseException:
         con.close()
         stack.close()
@@ -243,18 +244,23 @@ def find_replays(sources: Source | Sequence[Source]) -> ReplayReport:
 
 def _create_views(con, parts: list[tuple[str, Path | None]]) -> None:
     con.execute(f"CREATE OR REPLACE TEMP VIEW records AS {' UNION ALL '.join(sql for sql, _ in parts)}")
-    con.execute("CREATE OR REPLACE TEMP VIEW replays AS SELECT execution_fingerprint, count(DISTINCT executionId) AS executions, "
-                "count(*) AS records FROM records GROUP BY ALL HAVING count(DISTINCT executionId) > 1")
+    # fingerprints seen more than once first (a plain count), distinct executionIds only among those
+    con.execute("CREATE OR REPLACE TEMP VIEW replays AS WITH multi AS (SELECT execution_fingerprint FROM records GROUP BY ALL "
+                "HAVING count(*) > 1) SELECT execution_fingerprint, count(DISTINCT executionId) AS executions, count(*) AS records "
+                "FROM records SEMI JOIN multi USING (execution_fingerprint) GROUP BY ALL HAVING count(DISTINCT executionId) > 1")
     con.execute("CREATE OR REPLACE TEMP VIEW executions AS SELECT executionId, execution_fingerprint, "
                 "any_value(issuedAt) AS issuedAt, list(source || ':' || line ORDER BY src, line) AS places FROM records GROUP BY ALL")
 
 
-def _damaged_sources(con, parts: list[tuple[str, Path | None]]) -> list[int]:
-    """Archives with a line DuckDB cannot read, or a record without its keys (one scan when all is well)."""
+def _damaged_sources(con, parts: list[tuple[str, Path | None]]) -> tuple[list[int], tuple[int, int] | None]:
+    """Archives with a line DuckDB cannot read, or a record without its keys, and the (records, unverified)
+    counts: one scan when all is well."""
     bad = "executionId IS NULL OR execution_fingerprint IS NULL OR decision IS NULL"
     try:
-        counts = con.execute(f"SELECT src, count(*) FILTER (WHERE {bad}) FROM records GROUP BY src").fetchall()
-        return sorted(i for i, n in counts if n and parts[i][1] is not None)
+        counts = con.execute(f"SELECT src, count(*) FILTER (WHERE {bad}), count(*), count(*) FILTER (WHERE import_status = "
+                             "'unverified') FROM records GROUP BY src").fetchall()
+        damaged = sorted(i for i, n, _, _ in counts if n and parts[i][1] is not None)
+        return damaged, (sum(c[2] for c in counts), sum(c[3] for c in counts))
     except duckdb.Error:
         pass
     damaged = []
@@ -266,7 +272,7 @@ def _damaged_sources(con, parts: list[tuple[str, Path | None]]) -> list[int]:
                 damaged.append(i)
         except duckdb.Error:
             damaged.append(i)
-    return damaged
+    return damaged, None
 
 
 def _select(i: int, name: str, relation: str, line: str, import_status: str) -> str:
