@@ -120,13 +120,13 @@ def export_archive(
     policy_id: str | None = None,
     policy_version: str | None = None,
     clock: Clock = system_clock,
-    checkpoint: Callable[[int, str, list[int | None]], dict[str, bytes]] | None = None,
+    extras: Callable[[int, str, list[int | None]], dict[str, bytes]] | None = None,
 ) -> ExportResult:
     """Write the audit DB's attestations (all, or issuedAt in [since, until) / one policy) as an archive.
 
-    ``checkpoint(count, merkleRoot, log indices of the lines)`` returns the log's files to include
-    (``checkpoint``, and ``log-proofs.jsonl`` for a filtered export), listed in the manifest, or
-    raises to refuse the export; nothing is left behind either way.
+    ``extras(count, merkleRoot, log indices of the lines)`` returns more files to include, listed in the
+    manifest (the log's ``checkpoint`` and ``log-proofs.jsonl``, ``authority.json``), or raises to refuse
+    the export; nothing is left behind either way. Signed policy bundles are written beside their policy.
     """
     out = Path(out)
     if out.exists() and (out.is_file() or any(out.iterdir())):
@@ -136,7 +136,7 @@ def export_archive(
         created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         try:
-            result = _write_tree(db, out, key, trust_store, signals, where, params, clock, checkpoint)
+            result = _write_tree(db, out, key, trust_store, signals, where, params, clock, extras)
         except BaseException:
             if created:
                 shutil.rmtree(out, ignore_errors=True)
@@ -147,7 +147,7 @@ def export_archive(
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as tmp:
-            result = _write_tree(db, Path(tmp), key, trust_store, signals, where, params, clock, checkpoint)
+            result = _write_tree(db, Path(tmp), key, trust_store, signals, where, params, clock, extras)
             partial = out.with_name(out.name + ".partial")
             _pack(Path(tmp), partial, format)
             os.replace(partial, out)
@@ -168,7 +168,7 @@ def _filters(since, until, policy_id, policy_version) -> tuple[str, list[Any]]:
     return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
-def _write_tree(db, root: Path, key, trust_store, with_signals, where, params, clock, checkpoint=None) -> ExportResult:
+def _write_tree(db, root: Path, key, trust_store, with_signals, where, params, clock, extras=None) -> ExportResult:
     files: dict[str, str] = {}
     merkle = MerkleBuilder()
     referenced: set[tuple[str, str]] = set()
@@ -204,7 +204,10 @@ def _write_tree(db, root: Path, key, trust_store, with_signals, where, params, c
         data = rows.iloc[0, 0].encode("utf-8")
         path.write_bytes(data)
         files[rel] = hashlib.sha256(data).hexdigest()
-    for name, data in (checkpoint(merkle.count, merkle.root(), indices) if checkpoint is not None else {}).items():
+        for name, text in _bundle_files(db, pid, pver):
+            (path.parent / name).write_bytes(text)
+            files[f"{POLICIES}/{pid}/{pver}/{name}"] = hashlib.sha256(text).hexdigest()
+    for name, data in (extras(merkle.count, merkle.root(), indices) if extras is not None else {}).items():
         (root / name).write_bytes(data)
         files[name] = hashlib.sha256(data).hexdigest()
     keys = canonicalize(trust_store.model_dump(mode="json"))
@@ -232,6 +235,15 @@ def _write_tree(db, root: Path, key, trust_store, with_signals, where, params, c
         policies=[f"{p}@{v}" for p, v in sorted(referenced)],
         merkleRoot=body["merkleRoot"],
     )
+
+
+def _bundle_files(db, pid: str, pver: str) -> list[tuple[str, bytes]]:
+    """The signed bundle files of a policy version as the runtime verified them (its latest), if any."""
+    rows = db.sql("SELECT manifest, signatures FROM bundles WHERE policyId = ? AND policyVersion = ? "
+                  "ORDER BY sequence DESC LIMIT 1", [pid, pver])
+    if rows.empty:
+        return []
+    return [("bundle.manifest.json", rows.iloc[0, 0].encode("utf-8")), ("bundle.sig", rows.iloc[0, 1].encode("utf-8"))]
 
 
 def signals_line(execution_id: str, signals_jcs: str | None) -> bytes:

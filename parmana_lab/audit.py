@@ -133,7 +133,8 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         """
         CREATE TABLE bundles (policyId VARCHAR NOT NULL, policyVersion VARCHAR NOT NULL, sequence BIGINT NOT NULL,
                               manifest_hash VARCHAR NOT NULL, signer_key_ids VARCHAR[] NOT NULL,
-                              first_used_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (policyId, manifest_hash));
+                              first_used_at TIMESTAMPTZ NOT NULL, manifest VARCHAR NOT NULL, signatures VARCHAR NOT NULL,
+                              PRIMARY KEY (policyId, manifest_hash));
         """,
     ),
 )
@@ -443,7 +444,7 @@ def reserve(
     now: datetime,
     ttl: float,
     clock: Any = None,
-    bundles: dict[tuple[str, str], tuple[int, str, list[str]]] | None = None,
+    bundles: dict[tuple[str, str], tuple[int, str, list[str], str, str]] | None = None,
 ) -> dict[int, tuple[str, str]]:
     """Transaction 1: reserve fingerprints, register policies, record refusals.
 
@@ -505,11 +506,11 @@ def _backfill_log(con) -> None:
         size += len(lines)
 
 
-def _register_bundles(con, bundles: dict[tuple[str, str], tuple[int, str, list[str]]], at: datetime) -> dict:
+def _register_bundles(con, bundles: dict[tuple[str, str], tuple[int, str, list[str], str, str]], at: datetime) -> dict:
     """Rollback protection: a bundle's sequence may not be below the highest used for its policyId (POL-034),
     nor equal to a used one with another manifest (POL-035); a new bundle is recorded on first use."""
     refused: dict[tuple[str, str], tuple[str, str]] = {}
-    for (pid, pver), (sequence, manifest_hash, signers) in sorted(bundles.items(), key=lambda kv: kv[1][0]):
+    for (pid, pver), (sequence, manifest_hash, signers, manifest, signatures) in sorted(bundles.items(), key=lambda kv: kv[1][0]):
         used = con.execute("SELECT policyVersion, sequence, manifest_hash FROM bundles WHERE policyId = ?", [pid]).fetchall()
         if any(h == manifest_hash for _, _, h in used) and sequence >= max(s for _, s, _ in used):
             continue
@@ -522,7 +523,8 @@ def _register_bundles(con, bundles: dict[tuple[str, str], tuple[int, str, list[s
             refused[(pid, pver)] = ("POL-034", f"rollback: {pid} {pver} has bundle sequence {sequence}, but sequence {top} "
                                                f"of {pid} has been used in this audit DB")
         elif not any(h == manifest_hash for _, _, h in used):
-            con.execute("INSERT INTO bundles VALUES (?, ?, ?, ?, ?, ?)", [pid, pver, sequence, manifest_hash, signers, at])
+            con.execute("INSERT INTO bundles VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        [pid, pver, sequence, manifest_hash, signers, at, manifest, signatures])
     return refused
 
 

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import nacl.bindings
 import nacl.exceptions
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from .attestation import decode_signature, pae
 from .authority import AuthorEntry, Authority
@@ -43,6 +43,8 @@ class BundleVerdict(BaseModel):
     signerKeyIds: list[str] = []
     manifestHash: str | None = None
     path: str | None = None
+    manifest: str | None = Field(default=None, repr=False)  # the signed files as they were, for the audit DB and exports
+    signatures: str | None = Field(default=None, repr=False)
 
 
 def _file_hash(path: Path) -> str:
@@ -104,11 +106,12 @@ def verify_bundle(folder: str | Path, authority: Authority, *, runtime_keys: set
     pid, pver = folder.parent.name, folder.name
     try:
         manifest, signers, mhash = _verify(folder, authority, runtime_keys, now, pid, pver)
+        files = ((folder / MANIFEST_FILE).read_text("utf-8"), (folder / SIGNATURE_FILE).read_text("utf-8"))
     except PolicyError as exc:
         return BundleVerdict(policyId=pid, policyVersion=pver, status="failed", code=exc.code, reason=exc.reason, path=str(folder))
     return BundleVerdict(policyId=pid, policyVersion=pver, status="verified", code="VERIFIED",
                          reason=f"signed by {manifest['signedBy']}", sequence=manifest["sequence"], signerKeyIds=signers,
-                         manifestHash=mhash, path=str(folder))
+                         manifestHash=mhash, path=str(folder), manifest=files[0], signatures=files[1])
 
 
 def _fail(code: str, reason: str) -> PolicyError:

@@ -133,11 +133,16 @@ class Runtime:
         count and merkleRoot; it is refused (LOG-002) if the records no longer hash to the log.
         """
         return export_archive(self.db, out, key=self._key, trust_store=self.trust_store(), clock=self._clock,
-                              checkpoint=self._log_files, **options)
+                              extras=self._archive_extras, **options)
+
+    def _archive_extras(self, count: int, root: str, indices: list[int | None]) -> dict[str, bytes]:
+        """The exporter's authority file (information only), and what an export carries of the log."""
+        extras = {AUTHORITY_FILE: self.authority.to_json().encode("utf-8")} if self.authority is not None else {}
+        return {**extras, **self._log_files(count, root, indices)}
 
     def _log_files(self, count: int, root: str, indices: list[int | None]) -> dict[str, bytes]:
-        """What an export carries of the log: a full export its checkpoint; a filtered one the checkpoint of the
-        whole log and each line's inclusion proof in it; one holding imported records, nothing (not this log)."""
+        """A full export carries the log's checkpoint; a filtered one the checkpoint of the whole log and each
+        line's inclusion proof in it; one holding imported records, nothing (it is not this log)."""
         if None in indices:
             return {}
         checkpoint = self.log.checkpoint()
@@ -251,7 +256,8 @@ class Runtime:
         used = {id(p.policy): p.policy for p in pending}.values()
         policies = {p.key: (p.bundleHash, canonicalize(p.document).decode("utf-8")) for p in used}
         try:
-            bundles = {k: (v.sequence, v.manifestHash, v.signerKeyIds) for k, v in self._bundles.items() if k in policies}
+            bundles = {k: (v.sequence, v.manifestHash, v.signerKeyIds, v.manifest, v.signatures)
+                       for k, v in self._bundles.items() if k in policies}
             refused = audit.reserve(self.db, candidates, policies, refusals, now=now, ttl=self.reservation_ttl, clock=self._clock,
                                     bundles=bundles)
         except (duckdb.Error, AuditStoreError) as exc:

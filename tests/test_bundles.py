@@ -57,6 +57,18 @@ def test_a_signed_bundle_loads_and_executes_and_sequences_default(signed, tmp_pa
         assert rows.to_dict("records") == [{"policyId": "claims-approval", "policyVersion": "1.0.0", "sequence": 1,
                                             "signer_key_ids": [keys["alice"].key_id]}]
         assert verify_bundle(policy_dir / "claims-approval" / "1.0.0", authority).status == "verified"
+        archive = Path(rt.export_archive(tmp_path / "archive").path)
+        trust = rt.trust_store()
+    # the archive carries the bundle as the runtime verified it, and the exporter's authority file (information only)
+    folder = archive / "policies" / "claims-approval" / "1.0.0"
+    source = policy_dir / "claims-approval" / "1.0.0"
+    for name in ("bundle.manifest.json", "bundle.sig"):
+        assert (folder / name).read_bytes() == (source / name).read_bytes()
+    assert Authority.load(archive / "authority.json") == authority
+    assert verify_bundle(folder, authority).status == "verified"  # the archived copy verifies on its own
+    from parmana_lab.verify import verify_archive
+
+    assert verify_archive(archive, trust, progress=False).status == "verified"
 
 
 def test_each_way_of_breaking_a_bundle_is_refused_at_load_with_its_code(signed, tmp_path, policy_dir, clock):
