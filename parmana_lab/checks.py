@@ -30,7 +30,8 @@ from .policy import Policy, parse_policy
 from .provenance import runtime_hash, runtime_manifest
 from .validation import signals_conform, validate_signals
 
-CHECKS = ("schema", "key", "signature", "fingerprint", "signals_hash", "policy", "decision", "runtime", "duplicate")
+# authorship is set after the per-line pass, when the verifier has an authority file (verify._check_authorship)
+CHECKS = ("schema", "key", "signature", "fingerprint", "signals_hash", "policy", "decision", "runtime", "duplicate", "authorship")
 CheckStatus = Literal["verified", "failed", "unknown", "not_checkable"]
 STATUS_NAMES = ("verified", "failed", "unknown", "not_checkable")
 VERIFIED, FAILED, UNKNOWN, NOT_CHECKABLE = range(4)
@@ -46,6 +47,9 @@ CODE_ORDER = (
     "SIGNALS_HASH_MISMATCH",
     "POLICY_MISSING",
     "BUNDLE_HASH_MISMATCH",
+    "POLICY_UNSIGNED",
+    "POLICY_SIGNATURE_INVALID",
+    "POLICY_AUTHOR_UNAUTHORIZED",
     "DECISION_MISMATCH",
     "DUPLICATE_FINGERPRINT",
     "RUNTIME_UNKNOWN",
@@ -62,6 +66,10 @@ HINTS = {
     "SIGNALS_HASH_MISMATCH": "the archived signals do not hash to the attested signalsHash: signals were edited",
     "POLICY_MISSING": "the archive does not hold the policy version this attestation names",
     "BUNDLE_HASH_MISMATCH": "the archived policy file is not the policy that was applied (edited under the same version)",
+    "POLICY_UNSIGNED": "the archived policy carries no signed bundle: nobody in your authority file is shown to have written it",
+    "POLICY_SIGNATURE_INVALID": "the archived policy's bundle signature does not verify, or does not cover this policy file",
+    "POLICY_AUTHOR_UNAUTHORIZED": "the policy was signed, but not by an author your authority file allowed for it at the time "
+                                  "of this decision",
     "DECISION_MISMATCH": "re-evaluating the archived policy on the archived signals gives another decision",
     "DUPLICATE_FINGERPRINT": "this execution_fingerprint was already consumed earlier in the archive: a replay",
     "RUNTIME_UNKNOWN": "produced by a runtime release this verifier does not know: not tampering, but check provenance",
@@ -447,13 +455,13 @@ def _check_each(number: int, line: bytes, signals_line: bytes | None, ctx: Conte
             if mismatch:
                 dec = FAILED
                 findings = (findings or []) + [("DECISION_MISMATCH", "decision", *mismatch)]
-    statuses = bytes((VERIFIED, key, sig, fp, sh, pol, dec, run, VERIFIED))
+    statuses = bytes((VERIFIED, key, sig, fp, sh, pol, dec, run, VERIFIED, NOT_CHECKABLE))
     return (number, eid, pid, pver, decision["action"], obj["execution_fingerprint"], statuses,
             tuple(findings) if findings else ())
 
 
 _MALFORMED_STATUSES = bytes((FAILED, *[NOT_CHECKABLE] * (len(CHECKS) - 1)))
-_ALL_VERIFIED = bytes(len(CHECKS))
+_ALL_VERIFIED = bytes(len(CHECKS) - 1) + bytes((NOT_CHECKABLE,))  # authorship: decided after the per-line pass
 _SIG_CUT = len(b',"signature":"') + 88 + 1
 
 

@@ -108,6 +108,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="runtimeHash to accept without a RUNTIME_UNKNOWN warning (repeatable; default: this kit's)")
     ver.add_argument("--checkpoint", type=Path, metavar="OLD",
                      help="an older checkpoint of the producer's log: the archive must extend it (HISTORY_INCONSISTENT otherwise)")
+    ver.add_argument("--authority", type=Path, help="authority file: check each decision's policy was signed by an allowed author")
     ver.add_argument("--no-progress", action="store_true")
     ver.set_defaults(func=cmd_verify)
 
@@ -476,7 +477,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
             report = verify_archive(path, trust if trust else store, workers=args.workers,
                                     progress=not (args.json or args.no_progress), known_runtimes=args.known_runtime,
                                     trust_archive_keys=args.trust_archive_keys,
-                                    checkpoint=_read_file(args.checkpoint, "CHECKPOINT_MALFORMED") if args.checkpoint else None)
+                                    checkpoint=_read_file(args.checkpoint, "CHECKPOINT_MALFORMED") if args.checkpoint else None,
+                                    authority=args.authority)
         except ParmanaError as exc:  # this archive is unusable; the others are still verified
             worst, outcomes["unusable"] = max(worst, EXIT_UNUSABLE), outcomes["unusable"] + 1
             if args.json:
@@ -497,7 +499,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                        "code": result.code, "checks": result.checks, "hint": result.hint})
             _line({"archive": {"path": str(path), "status": s.status, "codes": s.archive_codes + [
                 c for c in s.codes if c != "VERIFIED"], "total": s.total, "verified": s.verified, "warnings": s.warnings,
-                "failed": s.failed, "trust": s.trust}})
+                "failed": s.failed, "trust": s.trust, "authorship": s.authorship}})
         else:
             print(archive_text(report))
     if args.json:

@@ -77,7 +77,7 @@ def archive_text(report: ArchiveReport, max_failures: int = 20) -> str:
     lines = [
         f"{s.source}: {s.status.upper()}  {s.total} attestations: {s.verified} verified, {s.warnings} warnings, "
         f"{s.failed} failed{archive}",
-        f"  trust: {s.trust}",
+        f"  trust: {s.trust}; {s.authorship}",
         "  codes: " + (", ".join(f"{c} {n}" for c, n in s.codes.items()) or "none (empty archive)"),
     ]
     for c in report.archive_checks:

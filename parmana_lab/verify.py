@@ -61,6 +61,7 @@ from .checks import (
     HINTS,
     NOT_CHECKABLE,
     STATUS_NAMES,
+    VERIFIED,
     CheckStatus,
     Context,
     PackedRows,
@@ -238,6 +239,7 @@ class ArchiveSummary(BaseModel):
     codes: dict[str, int]
     archive_codes: list[str]
     trust: str
+    authorship: str = "authorship not checked"
 
 
 class RowTable:
@@ -355,6 +357,7 @@ class ArchiveReport(BaseModel):
     trust: str
     archive_checks: list[ArchiveCheck]
     table: RowTable = Field(repr=False, exclude=True)
+    authorship: str = "authorship not checked"
 
     def __repr__(self) -> str:
         s = self.summary
@@ -384,6 +387,7 @@ class ArchiveReport(BaseModel):
             codes=dict(sorted(codes.items(), key=lambda kv: CODE_RANK.get(kv[0], -1))),
             archive_codes=archive_codes,
             trust=self.trust,
+            authorship=self.authorship,
         )
 
     def results(self) -> Iterator[VerificationResult]:
@@ -438,11 +442,14 @@ def verify_archive(
     trust_archive_keys: bool = False,
     chunk_lines: int = 2_048,
     checkpoint: str | bytes | Path | None = None,
+    authority: Any = None,
 ) -> ArchiveReport:
     """Verify an archive (directory, .zip or .tar.gz) offline against a trust store.
 
     ``checkpoint``: an older checkpoint of the producer's log; the archive must
     extend it (its first ``size`` lines hash to its root), else HISTORY_INCONSISTENT.
+    ``authority``: an authority file (or Authority): each attestation's policy must be
+    a bundle signed by an author it allowed, as of the decision (the ``authorship`` check).
 
     ``progress``: True for a tqdm bar (terminal or notebook), False for silence,
     or a callable ``(done, total)`` for a display of your own (``total`` is the
@@ -452,7 +459,8 @@ def verify_archive(
         raise ValueError(f"workers must be at least 1, not {workers}")
     with open_archive(path) as root:
         return verify_tree(Path(path), root, trust_store, workers=workers, progress=progress, known_runtimes=known_runtimes,
-                           trust_archive_keys=trust_archive_keys, chunk_lines=chunk_lines, checkpoint=checkpoint)
+                           trust_archive_keys=trust_archive_keys, chunk_lines=chunk_lines, checkpoint=checkpoint,
+                           authority=authority)
 
 
 def load_trust(trust_store: TrustStore | str | Path | None) -> TrustStore:
@@ -498,7 +506,7 @@ def _trust(source: Path, root: Path, trust_store: TrustStore | str | Path | None
 
 def verify_tree(source: Path, root: Path, trust_store: TrustStore | str | Path | None, *, workers: int = 1,
                 progress: Progress = False, known_runtimes: Iterable[str] | None = None, trust_archive_keys: bool = False,
-                chunk_lines: int = 2_048, checkpoint: str | bytes | Path | None = None) -> ArchiveReport:
+                chunk_lines: int = 2_048, checkpoint: str | bytes | Path | None = None, authority: Any = None) -> ArchiveReport:
     """verify_archive on an archive already opened at ``root`` (``source`` is the path as given)."""
     require_attestations(root, source)
     store, trust, own_keys = _trust(source, root, trust_store, trust_archive_keys)
@@ -538,7 +546,62 @@ def verify_tree(source: Path, root: Path, trust_store: TrustStore | str | Path |
                 _check_archive_checkpoint(root, store, manifest.count, manifest.merkleRoot, checks)
     if checkpoint is not None:
         _check_history(root, store, checkpoint, len(table), checks)
-    return ArchiveReport(source=str(source), trust=trust, archive_checks=checks, table=table)
+    authorship = "authorship not checked"
+    if authority is not None:
+        authorship = _check_authorship(root, table, authority, store)
+    return ArchiveReport(source=str(source), trust=trust, archive_checks=checks, table=table, authorship=authorship)
+
+
+_AUTHORSHIP_CODES = {"POL-030": "POLICY_UNSIGNED", "POL-032": "POLICY_SIGNATURE_INVALID", "POL-033": "POLICY_AUTHOR_UNAUTHORIZED",
+                     "POL-036": "POLICY_AUTHOR_UNAUTHORIZED"}
+
+
+def _check_authorship(root: Path, table: RowTable, authority: Any, store: TrustStore) -> str:
+    """Set each line's authorship check: its archived policy is a bundle signed by an author the verifier's
+    authority file allowed, as of the decision (a key revoked later leaves earlier decisions standing)."""
+    from .authority import Authority
+    from .bundles import verify_bundle
+
+    authority = authority if isinstance(authority, Authority) else Authority.load(authority)
+    runtime_keys = frozenset(k.keyId for k in store.keys)
+    static: dict[tuple[str, str], tuple] = {}  # per policy: (code, reason) or (None, manifest issuedAt, expiresAt, signers)
+    width, at = len(CHECKS), CHECK_INDEX["authorship"]
+    for row, line in enumerate(chain.from_iterable(iter_line_blocks(root / ATTESTATIONS))):
+        obj, _ = parse_attestation_line(line)
+        if obj is None:
+            continue  # MALFORMED: nothing to attribute
+        key = (obj["policyId"], obj["policyVersion"])
+        if key not in static:
+            folder = root / "policies" / key[0] / key[1]
+            verdict = verify_bundle(folder, authority, runtime_keys=runtime_keys, now="0000-01-01T00:00:00.000Z")
+            if verdict.status != "verified":
+                code = _AUTHORSHIP_CODES.get(verdict.code)
+                if verdict.code == "POL-031":
+                    code = "POLICY_SIGNATURE_INVALID" if "does not verify" in verdict.reason else "POLICY_AUTHOR_UNAUTHORIZED"
+                static[key] = (code or "POLICY_UNSIGNED", verdict.reason)
+            else:
+                manifest = parse_json((folder / "bundle.manifest.json").read_bytes())
+                static[key] = (None, manifest["issuedAt"], manifest["expiresAt"],
+                               [authority.author(k) for k in verdict.signerKeyIds])
+        found = static[key]
+        issued = obj["issuedAt"]
+        if found[0] is not None:
+            problem = found
+        elif found[1] > issued:
+            problem = ("POLICY_AUTHOR_UNAUTHORIZED", f"the bundle was signed at {found[1]}, after this decision")
+        elif found[2] is not None and issued >= found[2]:
+            problem = ("POLICY_AUTHOR_UNAUTHORIZED", f"the bundle had expired at {found[2]} when this decision was made")
+        elif not any(a.revokedAt is None or issued < a.revokedAt for a in found[3]):
+            problem = ("POLICY_AUTHOR_UNAUTHORIZED", "every signing author key was revoked before this decision")
+        else:
+            problem = None
+        if problem is None:
+            table._statuses[row * width + at] = VERIFIED
+        else:
+            table._statuses[row * width + at] = FAILED
+            finding = (problem[0], "authorship", "a policy bundle signed by an authorized author", problem[1])
+            table.findings[row] = (*table.findings.get(row, ()), finding)
+    return f"authorship checked against the verifier's authority file ({len(authority.authors)} author keys)"
 
 
 def _check_archive_checkpoint(root: Path, store: TrustStore, count: int, merkle_root: str, checks: list[ArchiveCheck]) -> None:

@@ -158,3 +158,60 @@ def test_cli_author_workflow(tmp_path, policy_dir):
     run("authority", "revoke", made["keyId"], "--at", "2026-01-01")
     assert run("policies", "verify", claims, code=1).stdout.count("POL-033") == 1
     assert run("authority", "add-author", "x", "--key", Path(tmp_path / "nope.pem"), "--policies", "a", code=2)
+
+
+def _resign_manifest(archive: Path, key) -> None:
+    """What an exporter holding the runtime key can do after editing files: list their new hashes and re-sign."""
+    import base64
+    import hashlib
+
+    from parmana_lab.archive import manifest_message
+
+    manifest = json.loads((archive / "manifest.json").read_bytes())
+    for name in list(manifest["files"]):
+        manifest["files"][name] = hashlib.sha256((archive / name).read_bytes()).hexdigest()
+    manifest["signature"] = base64.b64encode(key.sign(manifest_message(manifest))).decode()
+    (archive / "manifest.json").write_bytes(canonicalize(manifest))
+
+
+def test_verify_checks_authorship_as_of_each_decision(signed, tmp_path, policy_dir, clock):
+    from parmana_lab.verify import verify_archive
+
+    path, authority, keys = signed
+    with Runtime(tmp_path / "ws", policies=policy_dir, clock=clock, authority=path) as rt:
+        early = rt.execute(claims_request())
+        clock.advance(86_400)
+        late = rt.execute(claims_request(risk_score=7))
+        archive = Path(rt.export_archive(tmp_path / "archive").path)
+        trust, runtime_key = rt.trust_store(), rt._key
+    assert verify_archive(archive, trust, progress=False).summary.authorship == "authorship not checked"
+    report = verify_archive(archive, trust, progress=False, authority=path)
+    assert report.status == "verified" and set(report.to_pandas()["authorship"]) == {"verified"}
+    assert "authorship checked" in report.summary.authorship
+    # alice's key revoked between the two decisions: the earlier one still stands, the later one does not
+    cut = Authority(authors=[a.model_copy(update={"revokedAt": late.issuedAt}) if a.authorId == "alice" else a
+                             for a in authority.authors])
+    rows = verify_archive(archive, trust, progress=False, authority=cut).to_pandas().set_index("executionId")
+    assert rows.loc[early.executionId, "authorship"] == "verified"
+    assert rows.loc[late.executionId, "code"] == "POLICY_AUTHOR_UNAUTHORIZED"
+    # the archived bundle re-signed by a key the authority file does not hold
+    forged = tmp_path / "forged"
+    shutil.copytree(archive, forged)
+    sign_bundle(forged / "policies" / "claims-approval" / "1.0.0", keys["mallory"], "alice", clock=clock)
+    _resign_manifest(forged, runtime_key)
+    report = verify_archive(forged, trust, progress=False, authority=path)
+    assert report.archive_checks == [] and set(report.to_pandas()["code"]) == {"POLICY_AUTHOR_UNAUTHORIZED"}
+    # no bundle at all in the archive
+    bare = tmp_path / "bare"
+    shutil.copytree(archive, bare)
+    for name in ("bundle.manifest.json", "bundle.sig"):
+        (bare / "policies" / "claims-approval" / "1.0.0" / name).unlink()
+    manifest = json.loads((bare / "manifest.json").read_bytes())
+    manifest["files"] = {k: v for k, v in manifest["files"].items() if "bundle." not in k}
+    (bare / "manifest.json").write_bytes(canonicalize(manifest))
+    _resign_manifest(bare, runtime_key)
+    assert set(verify_archive(bare, trust, progress=False, authority=path).to_pandas()["code"]) == {"POLICY_UNSIGNED"}
+    out = subprocess.run([sys.executable, "-m", "parmana_lab.cli", "verify", forged, "--trust",
+                          tmp_path / "ws" / "keys" / "trust.json", "--authority", path, "--json"],
+                         capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 1 and json.loads(out.stdout.splitlines()[0])["code"] == "POLICY_AUTHOR_UNAUTHORIZED"
