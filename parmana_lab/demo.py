@@ -71,7 +71,8 @@ def run_demo(
         raise RequestError("VAL-001", "validate", f"no request files (*.json) in {request_dir}")
     if root.exists():
         shutil.rmtree(root)
-    with Runtime(root, policies=policy_dir) as rt:
+    signed, authority = _signed_copies(root, policy_dir)
+    with Runtime(root, policies=signed, authority=authority) as rt:
         info = rt.info()
         echo(f"parmana_lab demo — workspace {root}")
         echo(f"runtime {info.manifest.runtimeVersion}  runtimeHash {info.runtimeHash[:16]}…  evaluator {info.evaluatorArtifactHash[:16]}…")
@@ -81,7 +82,8 @@ def run_demo(
                 echo(f"  policy error {item}")
             else:
                 echo(f"  policy {item.policyId} {item.policyVersion}  bundleHash {item.bundleHash[:16]}…")
-        echo(f"  ({rt.authorship})")
+        echo(f"  ({rt.authorship}: copies signed by demo-author, whose key is in {root / 'authors'} and never reaches the "
+             "runtime)")
         results: list[ExecutionAttestation | ParmanaError] = []
         for path in request_files(request_dir):
             echo(f"\n{path.name}")
@@ -111,7 +113,7 @@ def run_demo(
         echo(table.to_string(index=False))
         exported = rt.export_archive(rt.workspace.exports_dir / "demo-archive.zip", format="zip")
         echo(f"\nExported {exported.count} attestations to {exported.path} (signed manifest, Merkle root {exported.merkleRoot[:16]}…)")
-        report = verify_archive(exported.path, rt.trust_store(), progress=False)
+        report = verify_archive(exported.path, rt.trust_store(), progress=False, authority=authority)
         echo(archive_text(report))
         # transparency: publish a checkpoint of the log, prove one attestation is in it, check both offline
         checkpoint = rt.log.checkpoint()
@@ -138,6 +140,28 @@ def run_demo(
         echo(f"Replay detection over both runtimes' archives: {s.records} records, {s.replayed_fingerprints} fingerprints "
              f"consumed by more than one execution ({s.extra_uses} extra uses, {s.copies} copies)")
     return summary.model_copy(update={"archive": exported.path, "archive_status": report.status})
+
+
+def _signed_copies(root: Path, policy_dir: Path) -> tuple[Path, Path]:
+    """A demo author: a personal key, an authority file naming it, and signed copies of the sample policies."""
+    from .authority import AuthorEntry, Authority
+    from .bundles import sign_bundle
+    from .keys import new_key_file
+    from .timestamps import format_ts, system_clock
+
+    signed = root / "policies"
+    shutil.copytree(policy_dir, signed, ignore=shutil.ignore_patterns("bundle.*"))
+    key = new_key_file(root / "authors" / "demo-author.pem")
+    authority = Authority(authors=[AuthorEntry(authorId="demo-author", keyId=key.key_id, publicKey=key.public_key_pem(),
+                                               policyIds=["*"], notBefore=format_ts(system_clock()))])
+    authority.save(root / "authority.json")
+    for folder in sorted(signed.glob("*/*/policy.json"), key=lambda f: (f.parent.parent.name, _semver(f.parent.name))):
+        sign_bundle(folder.parent, key, "demo-author")
+    return signed, root / "authority.json"
+
+
+def _semver(version: str) -> tuple:
+    return tuple(int(x) if x.isdigit() else x for x in version.split("."))
 
 
 def describe(result: ExecutionAttestation | ParmanaError) -> str:
