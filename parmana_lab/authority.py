@@ -15,7 +15,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from .errors import KeyStoreError
-from .keys import TrustedKey
+from .keys import TrustedKey, invalid_file
 
 AUTHORITY_FILE = "authority.json"
 
@@ -59,9 +59,7 @@ class Authority(BaseModel):
         try:
             return cls.model_validate_json(data)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "top level"
-            raise KeyStoreError("KEY-008", "keys", f"{path} is not a valid authority file ({where}: {first['msg']})") from None
+            raise invalid_file(exc, str(path), "KEY-008", "authority file") from None
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2) + "\n"

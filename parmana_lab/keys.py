@@ -32,6 +32,13 @@ def key_id_for(raw_public_key: bytes) -> str:
     return hashlib.sha256(raw_public_key).hexdigest()[:16]
 
 
+def invalid_file(exc: ValidationError, source: str, code: str, what: str) -> KeyStoreError:
+    """The refusal for a key file (trust store, authority file) that does not validate: where, and why."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "top level"
+    return KeyStoreError(code, "keys", f"{source} is not a valid {what} ({where}: {first['msg']})")
+
+
 def origin_for(first_key_id: str) -> str:
     """The name of a runtime's transparency log (and its note key): stable across rotations, it names the first key."""
     return f"parmana-lab/{first_key_id}"
@@ -175,9 +182,7 @@ class TrustStore(BaseModel):
         try:
             store = cls.model_validate_json(text)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "top level"
-            raise KeyStoreError("KEY-004", "keys", f"{source} is not a valid trust store ({where}: {first['msg']})") from None
+            raise invalid_file(exc, source, "KEY-004", "trust store") from None
         if "keys" not in store.model_fields_set:  # `{}` is not a trust store that happens to trust nobody
             raise KeyStoreError("KEY-004", "keys", f"{source} is not a valid trust store (no keys member)")
         return store
