@@ -68,14 +68,18 @@ class MerkleBuilder:
             stack.append((size, node))
         self.count += len(lines)
 
-    def add_leaf_hash(self, digest: bytes) -> None:
+    def add_leaf_hash(self, digest: bytes) -> list[tuple[int, bytes]]:
+        """Append one leaf by its hash; returns the subtrees it completed, (leaf count, hash), smallest first."""
         size, node = 1, digest
         stack = self._stack
+        completed = [(1, node)]
         while stack and stack[-1][0] == size:
             left_size, left = stack.pop()
             node, size = node_hash(left, node), left_size + size
+            completed.append((size, node))
         stack.append((size, node))
         self.count += 1
+        return completed
 
     def root(self) -> str:
         if not self._stack:

@@ -16,21 +16,18 @@ history (LOG-002, LOG-003).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 
 import numpy as np
 
 from .errors import ParmanaError
 from .keys import origin_for
-from .merkle import leaf_hash, node_hash
+from .merkle import MerkleBuilder, leaf_hash
 from .notes import (
-    ED25519,
     Checkpoint,
     ConsistencyProofText,
     InclusionProofText,
-    Verifier,
     checkpoint_text,
     parse_checkpoint,
     sign_note,
@@ -38,6 +35,7 @@ from .notes import (
 from .proofs import aligned_parts, consistency_ranges, inclusion_ranges, range_hash, verify_consistency
 
 EMPTY_ROOT = hashlib.sha256(b"").digest()
+_POINT_LOOKUPS = 256  # more nodes than this at once are read with a join
 
 
 class LogError(ParmanaError):
@@ -54,43 +52,51 @@ def _level(size: int) -> int:
 # -- writing: the nodes a batch of new leaves completes ------------------------------------------
 
 
-def frontier(con, size: int) -> list[tuple[int, bytes]]:
-    """The complete subtrees covering leaves [0, size), largest first, as (leaf count, hash)."""
-    parts = aligned_parts(0, size)
-    found = _nodes(con, parts)
-    return [(b - a, found[(a, b)]) for a, b in parts]
-
-
 def append_nodes(con, size: int, lines: Sequence[bytes]) -> dict[str, np.ndarray]:
     """Columns of the log_nodes rows that appending ``lines`` after ``size`` leaves completes."""
-    stack = frontier(con, size) if size else []
+    builder = _builder(con, size)
     levels, ends, hashes = [], [], []
-    end = size
-    for line in lines:
-        node, width = leaf_hash(line), 1
-        end += 1
-        levels.append(0), ends.append(end), hashes.append(node)
-        while stack and stack[-1][0] == width:
-            _, left = stack.pop()
-            node, width = node_hash(left, node), width * 2
+    for end, line in enumerate(lines, start=size + 1):
+        for width, node in builder.add_leaf_hash(leaf_hash(line)):
             levels.append(_level(width)), ends.append(end), hashes.append(node)
-        stack.append((width, node))
     return {"level": np.array(levels, dtype=np.int8), "end_leaf": np.array(ends, dtype=np.int64),
             "hash": np.array(hashes, dtype=object)}
+
+
+def _builder(con, size: int, nodes: dict[tuple[int, int], bytes] | None = None) -> MerkleBuilder:
+    """A MerkleBuilder standing at ``size`` leaves, seeded with the stored frontier (or ``nodes`` already read)."""
+    parts = aligned_parts(0, size)
+    nodes = nodes if nodes is not None else _nodes(con, parts)
+    builder = MerkleBuilder()
+    builder.add_subtrees([(b - a, nodes[(a, b)]) for a, b in parts])
+    return builder
 
 
 # -- reading ------------------------------------------------------------------------------------
 
 
-def _nodes(con, parts: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
-    """The stored hashes of these aligned subtrees. One point lookup per part in a single query: rows are
-    written in end_leaf order, so each lookup touches one row group (a join would scan the whole table)."""
+def _nodes(con, parts: Iterable[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+    """The stored hashes of these aligned subtrees; LOG-002 if one is missing or stored twice.
+
+    A few are point lookups in one query (rows are written in end_leaf order, so each touches one row
+    group); many, as a filtered export's proofs need, are a join against a registered frame.
+    """
     unique = list(dict.fromkeys(parts))
     if not unique:
         return {}
-    query = " UNION ALL ".join(f"SELECT {_level(b - a)}, {b}, hash FROM log_nodes WHERE end_leaf = {b} AND level = {_level(b - a)}"
-                               for a, b in unique)  # integers only: nothing to quote
-    rows = con.execute(query).fetchall()
+    if len(unique) <= _POINT_LOOKUPS:
+        rows = con.execute(" UNION ALL ".join(  # integers only: nothing to quote
+            f"SELECT {_level(b - a)}, {b}, hash FROM log_nodes WHERE end_leaf = {b} AND level = {_level(b - a)}"
+            for a, b in unique)).fetchall()
+    else:
+        wanted = {"level": np.array([_level(b - a) for a, b in unique], dtype=np.int8),
+                  "end_leaf": np.array([b for _, b in unique], dtype=np.int64)}
+        con.register("log_wanted", wanted)
+        try:
+            rows = con.execute("SELECT n.level, n.end_leaf, n.hash FROM log_nodes n SEMI JOIN log_wanted w "
+                               "USING (level, end_leaf)").fetchall()
+        finally:
+            con.unregister("log_wanted")
     found = {(end - (1 << level), end): bytes(h) for level, end, h in rows}
     missing = [p for p in unique if p not in found]
     if missing or len(rows) != len(unique):
@@ -99,27 +105,13 @@ def _nodes(con, parts: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes
     return found
 
 
-def _nodes_joined(con, parts: set[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
-    """_nodes for many parts at once: a join against a registered frame instead of a literal list."""
-    ordered = sorted(parts)
-    wanted = {"level": np.array([_level(b - a) for a, b in ordered], dtype=np.int8),
-              "end_leaf": np.array([b for _, b in ordered], dtype=np.int64)}
-    con.register("log_wanted", wanted)
-    try:
-        rows = con.execute("SELECT n.level, n.end_leaf, n.hash FROM log_nodes n SEMI JOIN log_wanted w USING (level, end_leaf)"
-                           ).fetchall()
-    finally:
-        con.unregister("log_wanted")
-    found = {(end - (1 << level), end): bytes(h) for level, end, h in rows}
-    if len(found) != len(rows) or len(found) != len(ordered):
-        raise LogError("LOG-002", "the audit DB's log nodes are incomplete or doubled: the log was edited behind the runtime's back")
-    return found
+def _proof(nodes: dict[tuple[int, int], bytes], ranges: Sequence[tuple[int, int]]) -> tuple[bytes, ...]:
+    """Proof hashes from stored nodes: each range folded from its aligned parts."""
+    return tuple(range_hash([nodes[p] for p in aligned_parts(a, b)]) for a, b in ranges)
 
 
-def _range_hashes(con, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-    parts = {p: None for a, b in ranges for p in aligned_parts(a, b)}
-    found = _nodes(con, list(parts))
-    return [range_hash([found[p] for p in aligned_parts(a, b)]) for a, b in ranges]
+def _parts(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    return [p for a, b in ranges for p in aligned_parts(a, b)]
 
 
 def log_size(con) -> int:
@@ -135,15 +127,7 @@ def log_size(con) -> int:
 
 
 def root_at(con, size: int) -> bytes:
-    return range_hash([h for _, h in frontier(con, size)]) if size else EMPTY_ROOT
-
-
-def inclusion_hashes(con, index: int, size: int) -> list[bytes]:
-    return _range_hashes(con, inclusion_ranges(index, size))
-
-
-def consistency_hashes(con, old: int, new: int) -> list[bytes]:
-    return _range_hashes(con, consistency_ranges(old, new)) if 0 < old < new else []
+    return bytes.fromhex(_builder(con, size).root())
 
 
 @dataclass(frozen=True)
@@ -170,10 +154,6 @@ class TransparencyLog:
             self._origin = origin_for(self._first_key_id())
         return self._origin
 
-    def verifiers(self, trust_store) -> list[Verifier]:
-        """Checkpoint verifier keys: every key in ``trust_store`` under this log's origin."""
-        return [Verifier(self.origin, ED25519, k.raw_public_key) for k in trust_store.keys]
-
     def info(self) -> LogInfo:
         with self._db._lock:
             con = self._db.connection
@@ -190,11 +170,8 @@ class TransparencyLog:
             if existing:
                 return parse_checkpoint(existing[0][0])
             note = sign_note(checkpoint_text(self.origin, size, root), self.origin, self._key())
-            con.execute("INSERT INTO log_checkpoints VALUES (?, ?, ?, ?)", [size, root, note.render(), self._now()])
+            con.execute("INSERT INTO log_checkpoints VALUES (?, ?, ?, ?)", [size, root, note.render(), self._clock()])
         return parse_checkpoint(note.render())
-
-    def _now(self) -> datetime:
-        return self._clock()
 
     def _check_history(self, con, size: int) -> bytes:
         """The root at ``size``, after checking it extends the latest signed checkpoint (LOG-003) and that the
@@ -203,12 +180,11 @@ class TransparencyLog:
         old_size, old_root = (last[0][0], bytes(last[0][1])) if last else (0, EMPTY_ROOT)
         if size < old_size:
             raise LogError("LOG-003", f"the log has {size} leaves but a checkpoint of {old_size} was signed: history was removed")
-        old_parts, new_parts = aligned_parts(0, old_size), aligned_parts(0, size)
-        nodes = _nodes(con, [*old_parts, *new_parts])
-        stack = [(b - a, nodes[(a, b)]) for a, b in old_parts]
-        if (range_hash([h for _, h in stack]) if stack else EMPTY_ROOT) != old_root:
+        new_parts = aligned_parts(0, size)
+        nodes = _nodes(con, [*aligned_parts(0, old_size), *new_parts])
+        rebuilt = _builder(con, old_size, nodes)
+        if bytes.fromhex(rebuilt.root()) != old_root:
             raise LogError("LOG-003", f"the stored log no longer has the root signed at size {old_size}: history was rewritten")
-        root = range_hash([nodes[p] for p in new_parts]) if new_parts else EMPTY_ROOT
         rows = con.execute("SELECT log_index, canonical FROM attestations WHERE log_index >= ? ORDER BY log_index",
                            [old_size]).fetchall()
         stored = dict(con.execute("SELECT end_leaf - 1, hash FROM log_nodes WHERE level = 0 AND end_leaf > ?",
@@ -218,34 +194,32 @@ class TransparencyLog:
             if bytes(stored.get(index, b"")) != h:
                 raise LogError("LOG-002", f"record {index} of the log no longer hashes to its leaf: it was edited after it "
                                           "was recorded")
-            node, width = h, 1
-            while stack and stack[-1][0] == width:
-                _, left = stack.pop()
-                node, width = node_hash(left, node), width * 2
-            stack.append((width, node))
-        if (range_hash([h for _, h in stack]) if stack else EMPTY_ROOT) != root:
+            rebuilt.add_leaf_hash(h)
+        root = range_hash([nodes[p] for p in new_parts]) if new_parts else EMPTY_ROOT
+        if bytes.fromhex(rebuilt.root()) != root:
             raise LogError("LOG-003", "the stored subtree hashes do not match the records added since the last checkpoint")
         return root
 
-    def _resolve(self, con, checkpoint: Checkpoint | str | bytes | None, also: Sequence[tuple[int, int]] = ()
-                 ) -> tuple[Checkpoint, dict[tuple[int, int], bytes]]:
-        """The checkpoint (latest when None), checked to be a state of this log, and the stored nodes of ``also``."""
+    def _checkpoint(self, con, checkpoint: Checkpoint | str | bytes | None) -> Checkpoint:
+        """The given checkpoint (or the latest signed), if it names this log."""
         if checkpoint is None:
             latest = con.execute("SELECT note FROM log_checkpoints ORDER BY size DESC LIMIT 1").fetchall()
             if not latest:
                 raise LogError("LOG-004", "no checkpoint signed yet: run `parmana-lab log checkpoint` first")
-            cp = parse_checkpoint(latest[0][0])
-        else:
-            cp = checkpoint if isinstance(checkpoint, Checkpoint) else parse_checkpoint(checkpoint)
+            checkpoint = latest[0][0]
+        cp = checkpoint if isinstance(checkpoint, Checkpoint) else parse_checkpoint(checkpoint)
         if cp.origin != self.origin:
             raise LogError("LOG-004", f"the checkpoint is of log {cp.origin!r}, not this one ({self.origin})")
+        return cp
+
+    def _state(self, con, cp: Checkpoint, also: Sequence[tuple[int, int]] = ()) -> dict[tuple[int, int], bytes]:
+        """LOG-003 unless ``cp`` is a state of this log; returns the stored nodes of ``also``, read in the same query."""
         if cp.size > log_size(con):
             raise LogError("LOG-003", f"the checkpoint of size {cp.size} is larger than this log")
-        prefix = aligned_parts(0, cp.size)
-        nodes = _nodes(con, [*prefix, *also])
-        if (range_hash([nodes[p] for p in prefix]) if prefix else EMPTY_ROOT) != cp.root:
+        nodes = _nodes(con, [*aligned_parts(0, cp.size), *also])
+        if bytes.fromhex(_builder(con, cp.size, nodes).root()) != cp.root:
             raise LogError("LOG-003", f"the checkpoint of size {cp.size} is not a state of this log")
-        return cp, nodes
+        return nodes
 
     def prove(self, execution_id: str, checkpoint: Checkpoint | str | bytes | None = None) -> InclusionProofText:
         """A c2sp.org/tlog-proof@v1 for one attestation, carrying the attestation line as its ``extra`` data."""
@@ -256,44 +230,39 @@ class TransparencyLog:
                 raise LogError("LOG-001", f"executionId {execution_id!r} is not in this runtime's log"
                                           + (" (an imported record is in its own runtime's log)" if found else ""))
             index, canonical = found[0]
-            size = (checkpoint.size if isinstance(checkpoint, Checkpoint) else
-                    parse_checkpoint(checkpoint).size if checkpoint is not None else None)
-            ranges = inclusion_ranges(index, size) if size is not None and index < size else []
-            parts = [(index, index + 1), *(p for a, b in ranges for p in aligned_parts(a, b))]
-            cp, nodes = self._resolve(con, checkpoint, parts if size is not None and index < size else ())
+            cp = self._checkpoint(con, checkpoint)
             if index >= cp.size:
                 raise LogError("LOG-001", f"executionId {execution_id!r} was logged after the checkpoint of size {cp.size}; "
                                           "sign a newer checkpoint")
-            if size is None:  # the latest checkpoint: its nodes are read now
-                ranges = inclusion_ranges(index, cp.size)
-                nodes = _nodes(con, [(index, index + 1), *(p for a, b in ranges for p in aligned_parts(a, b))])
+            ranges = inclusion_ranges(index, cp.size)
+            nodes = self._state(con, cp, [(index, index + 1), *_parts(ranges)])
             line = canonical.encode("utf-8")
             if nodes[(index, index + 1)] != leaf_hash(line):
                 raise LogError("LOG-002", f"the record of {execution_id} no longer hashes to its leaf: it was edited")
-            hashes = tuple(range_hash([nodes[p] for p in aligned_parts(a, b)]) for a, b in ranges)
-            return InclusionProofText(index, hashes, cp, extra=line)
+            return InclusionProofText(index, _proof(nodes, ranges), cp, extra=line)
 
     def inclusion_proofs(self, indices: Sequence[int], checkpoint: Checkpoint, batch: int = 20_000) -> list[tuple[bytes, ...]]:
         """The inclusion proof of each leaf index in ``checkpoint`` (a filtered export's lines), read in batches."""
         out: list[tuple[bytes, ...]] = []
         with self._db._lock:
             con = self._db.connection
-            self._resolve(con, checkpoint)
+            self._state(con, self._checkpoint(con, checkpoint))
             for start in range(0, len(indices), batch):
-                chunk = indices[start:start + batch]
-                ranges = [inclusion_ranges(i, checkpoint.size) for i in chunk]
-                nodes = _nodes_joined(con, {p for rs in ranges for a, b in rs for p in aligned_parts(a, b)})
-                out += [tuple(range_hash([nodes[p] for p in aligned_parts(a, b)]) for a, b in rs) for rs in ranges]
+                ranges = [inclusion_ranges(i, checkpoint.size) for i in indices[start:start + batch]]
+                nodes = _nodes(con, (p for rs in ranges for p in _parts(rs)))
+                out += [_proof(nodes, rs) for rs in ranges]
         return out
 
     def prove_consistency(self, old: Checkpoint | str | bytes, new: Checkpoint | str | bytes | None = None) -> ConsistencyProofText:
         """The tlog-witness add-checkpoint body from an older checkpoint of this log to the latest (or ``new``)."""
         with self._db._lock:
             con = self._db.connection
-            old_cp, _ = self._resolve(con, old)
-            new_cp, _ = self._resolve(con, new)
+            old_cp, new_cp = self._checkpoint(con, old), self._checkpoint(con, new)
             if new_cp.size < old_cp.size:
                 raise LogError("LOG-004", f"the old checkpoint ({old_cp.size}) is newer than the new one ({new_cp.size})")
-            hashes = consistency_hashes(con, old_cp.size, new_cp.size)
-            verify_consistency(old_cp.size, new_cp.size, hashes, old_cp.root, new_cp.root) if old_cp.size else None
-            return ConsistencyProofText(old_cp.size, tuple(hashes), new_cp)
+            ranges = consistency_ranges(old_cp.size, new_cp.size) if 0 < old_cp.size < new_cp.size else []
+            self._state(con, old_cp)
+            hashes = _proof(self._state(con, new_cp, _parts(ranges)), ranges)
+            if old_cp.size:  # what a witness will check: never hand out a proof that does not verify
+                verify_consistency(old_cp.size, new_cp.size, list(hashes), old_cp.root, new_cp.root)
+            return ConsistencyProofText(old_cp.size, hashes, new_cp)
