@@ -496,14 +496,13 @@ def reserve(
 
 
 def _backfill_log(con) -> None:
-    """Log nodes for the records an audit DB held before it had a log (migration to v3), in chunks."""
-    size = 0
-    rows = con.execute("SELECT canonical FROM attestations WHERE log_index IS NOT NULL ORDER BY log_index").fetchall()
-    for start in range(0, len(rows), 50_000):
-        lines = [r[0].encode("utf-8") for r in rows[start:start + 50_000]]
-        with Registered(con, backfill=translog.append_nodes(con, size, lines)):
+    """Log nodes for the records an audit DB held before it had a log (migration to v3), 50,000 leaves at a time."""
+    size, chunk = 0, 50_000
+    while rows := con.execute("SELECT canonical FROM attestations WHERE log_index >= ? AND log_index < ? ORDER BY log_index",
+                              [size, size + chunk]).fetchall():
+        with Registered(con, backfill=translog.append_nodes(con, size, [r[0].encode("utf-8") for r in rows])):
             con.execute("INSERT INTO log_nodes SELECT level, end_leaf, hash FROM backfill")
-        size += len(lines)
+        size += len(rows)
 
 
 def _register_bundles(con, bundles: dict[tuple[str, str], tuple[int, str, list[str], str, str]], at: datetime) -> dict:
@@ -512,8 +511,6 @@ def _register_bundles(con, bundles: dict[tuple[str, str], tuple[int, str, list[s
     refused: dict[tuple[str, str], tuple[str, str]] = {}
     for (pid, pver), (sequence, manifest_hash, signers, manifest, signatures) in sorted(bundles.items(), key=lambda kv: kv[1][0]):
         used = con.execute("SELECT policyVersion, sequence, manifest_hash FROM bundles WHERE policyId = ?", [pid]).fetchall()
-        if any(h == manifest_hash for _, _, h in used) and sequence >= max(s for _, s, _ in used):
-            continue
         top = max((s for _, s, _ in used), default=0)
         same = [v for v, s, h in used if s == sequence and h != manifest_hash]
         if same:
