@@ -14,8 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from .errors import KeyStoreError
-from .keys import TrustedKey, invalid_file
+from .keys import TrustedKey, invalid_file, read_key_file
 
 AUTHORITY_FILE = "authority.json"
 
@@ -51,11 +50,7 @@ class Authority(BaseModel):
 
     @classmethod
     def load(cls, path: str | Path) -> Authority:
-        path = Path(path)
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise KeyStoreError("KEY-008", "keys", f"cannot read authority file {path}: {exc.strerror}") from None
+        data = read_key_file(path, "KEY-008", "authority file")
         try:
             return cls.model_validate_json(data)
         except ValidationError as exc:

@@ -211,7 +211,7 @@ def _requests(files: Sequence[Path]) -> Iterator[Any]:
 def cmd_run(args: argparse.Namespace) -> int:
     from .demo import describe
     from .runtime import Runtime
-    
+
     refused = False
     states: Counter = Counter()
     codes: Counter = Counter()
@@ -426,7 +426,7 @@ def _policies_verify(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .runtime import Runtime
-    
+
     fmt = args.format or next((f for f in ("zip", "tar.gz") if args.out.name.endswith("." + f)), "dir")
     policy_id, at, policy_version = (args.policy or "").partition("@")
     if args.policy is not None and (not policy_id or (at and not policy_version)):
@@ -466,9 +466,15 @@ def _trust_for(args: argparse.Namespace) -> Path | None:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from .verify import verify_archive
-    
+
     trust = _trust_for(args)
     store = TrustStore.load(trust) if trust else TrustStore()
+    checkpoint = _read_file(args.checkpoint, "CHECKPOINT_MALFORMED") if args.checkpoint else None  # once, for every archive
+    authority = None
+    if args.authority:
+        from .authority import Authority
+
+        authority = Authority.load(args.authority)
     worst, outcomes = EXIT_OK, Counter()
     records: Counter = Counter()
     codes: Counter = Counter()
@@ -476,9 +482,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         try:
             report = verify_archive(path, trust if trust else store, workers=args.workers,
                                     progress=not (args.json or args.no_progress), known_runtimes=args.known_runtime,
-                                    trust_archive_keys=args.trust_archive_keys,
-                                    checkpoint=_read_file(args.checkpoint, "CHECKPOINT_MALFORMED") if args.checkpoint else None,
-                                    authority=args.authority)
+                                    trust_archive_keys=args.trust_archive_keys, checkpoint=checkpoint, authority=authority)
         except ParmanaError as exc:  # this archive is unusable; the others are still verified
             worst, outcomes["unusable"] = max(worst, EXIT_UNUSABLE), outcomes["unusable"] + 1
             if args.json:
@@ -512,7 +516,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from .imports import ImportRefused, import_archive
     from .runtime import Runtime
-    
+
     trust = None if args.unverified else _trust_for(args)
     worst, outcomes, totals = EXIT_OK, Counter(), Counter()
     with Runtime(args.workspace, wait=args.wait) as rt:
@@ -554,7 +558,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_audit_replays(args: argparse.Namespace) -> int:
     from .replays import find_replays
-    
+
     with find_replays(args.sources) as report:
         findings = report.findings()
         s = report.summary
@@ -584,7 +588,7 @@ def cmd_audit_replays(args: argparse.Namespace) -> int:
 
 def cmd_audit_reproduce(args: argparse.Namespace) -> int:
     from .reproducibility import reproduce
-    
+
     versions = {}
     for item in args.policy_version:
         policy_id, sep, version = item.partition("=")
@@ -629,7 +633,7 @@ def _read_file(path: Path, code: str = "PROOF_MALFORMED") -> bytes:
 
 def cmd_log(args: argparse.Namespace) -> int:
     from .runtime import Runtime
-    
+
     with Runtime(args.workspace, wait=args.wait) as rt:
         info = rt.log.info()
     if args.json:
@@ -642,7 +646,7 @@ def cmd_log(args: argparse.Namespace) -> int:
 
 def cmd_log_checkpoint(args: argparse.Namespace) -> int:
     from .runtime import Runtime
-    
+
     with Runtime(args.workspace, wait=args.wait) as rt:
         _emit(rt.log.checkpoint().render(), args.out)
     return EXIT_OK
@@ -650,7 +654,7 @@ def cmd_log_checkpoint(args: argparse.Namespace) -> int:
 
 def cmd_log_prove(args: argparse.Namespace) -> int:
     from .runtime import Runtime
-    
+
     with Runtime(args.workspace, wait=args.wait) as rt:
         checkpoint = _read_file(args.checkpoint, "CHECKPOINT_MALFORMED") if args.checkpoint else None
         _emit(rt.log.prove(args.execution_id, checkpoint).render(), args.out)
@@ -659,7 +663,7 @@ def cmd_log_prove(args: argparse.Namespace) -> int:
 
 def cmd_log_prove_consistency(args: argparse.Namespace) -> int:
     from .runtime import Runtime
-    
+
     with Runtime(args.workspace, wait=args.wait) as rt:
         old = _read_file(args.old, "CHECKPOINT_MALFORMED")
         rt.log.checkpoint()  # the newest state, signed (a no-op when nothing changed)
@@ -669,7 +673,7 @@ def cmd_log_prove_consistency(args: argparse.Namespace) -> int:
 
 def cmd_log_verify(args: argparse.Namespace) -> int:
     from .logverify import verify_log_file
-    
+
     store = TrustStore.load(args.trust)
     if not store.keys:
         raise KeyStoreError("KEY-004", "verify", f"{args.trust} holds no keys")
@@ -686,7 +690,7 @@ def cmd_log_verify(args: argparse.Namespace) -> int:
 
 def cmd_log_cosign(args: argparse.Namespace) -> int:
     from .witness import WitnessError, cosign
-    
+
     key = load_key_file(args.key)
     try:
         signed = cosign(_read_file(args.checkpoint, "CHECKPOINT_MALFORMED"), key, args.name, args.state,
@@ -702,14 +706,14 @@ def cmd_log_cosign(args: argparse.Namespace) -> int:
 
 def cmd_log_witness_key(args: argparse.Namespace) -> int:
     from .witness import witness_vkey
-    
+
     print(witness_vkey(load_key_file(args.key), args.name))
     return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
-    
+
     run_demo(Path(args.workspace) / "demo", policies=args.policies, requests=args.requests)
     return EXIT_OK
 

@@ -32,6 +32,14 @@ def key_id_for(raw_public_key: bytes) -> str:
     return hashlib.sha256(raw_public_key).hexdigest()[:16]
 
 
+def read_key_file(path: str | Path, code: str, what: str) -> bytes:
+    """The bytes of a trust store or authority file, or the kit's refusal saying which file could not be read."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise KeyStoreError(code, "keys", f"cannot read {what} {path}: {exc.strerror}") from None
+
+
 def invalid_file(exc: ValidationError, source: str, code: str, what: str) -> KeyStoreError:
     """The refusal for a key file (trust store, authority file) that does not validate: where, and why."""
     first = exc.errors()[0]
@@ -189,12 +197,7 @@ class TrustStore(BaseModel):
 
     @classmethod
     def load(cls, path: str | Path) -> TrustStore:
-        path = Path(path)
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise KeyStoreError("KEY-004", "keys", f"cannot read trust store {path}: {exc.strerror}") from None
-        return cls.from_json(data, source=str(path))
+        return cls.from_json(read_key_file(path, "KEY-004", "trust store"), source=str(path))
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2) + "\n"
