@@ -267,6 +267,14 @@ def test_the_witness_cosigns_a_growing_log_and_refuses_forks(tmp_path, policy_di
     assert info.value.code == "WITNESS_INCONSISTENT" and "forked" in info.value.reason
     assert parse_checkpoint((next(state.iterdir())).read_bytes()).root == cp9.root  # state unchanged by refusals
     assert not verify_checkpoint(cp9.render(), trust, witnesses=[vkey], min_witnesses=1).valid  # not cosigned: K unmet
+    # on the command line a refusal to cosign is a finding (exit 1), an unusable checkpoint is input that cannot be used (2)
+    (tmp_path / "cp5").write_text(cp5.render())
+    (tmp_path / "bad").write_text("not a checkpoint\n")
+    trust_file = ws / "keys" / "trust.json"
+    base = ("log", "cosign", "--key", tmp_path / "witness.pem", "--name", name, "--state", state, "--trust", trust_file)
+    stale = cli(*base[:2], tmp_path / "cp5", *base[2:])
+    assert stale.returncode == 1 and "[WITNESS_STALE@witness]" in stale.stderr
+    assert cli(*base[:2], tmp_path / "bad", *base[2:]).returncode == 2
     assert verify_log_file(second.render().encode(), trust).valid
 
 
