@@ -12,6 +12,8 @@ An archive is a directory, or the same tree as .zip or .tar.gz:
     checkpoint           the runtime's signed C2SP checkpoint: of this size for a full export of its log,
                          of the whole log for a filtered one, which then has
     log-proofs.jsonl     one {"index", "proof"} line per attestation line: its inclusion proof in that checkpoint
+    overrides.jsonl      every override request, resolution and outcome envelope of the exported executions,
+                         one JCS line each, in audit order (present when the export holds any)
 
 Opening never trusts the container: members that would land outside the
 target, links, special files and absurd sizes are refused before any byte is
@@ -56,6 +58,7 @@ KEYS = "keys.json"
 CHECKPOINT = "checkpoint"
 LOG_PROOFS = "log-proofs.jsonl"
 POLICIES = "policies"
+OVERRIDES = "overrides.jsonl"
 ArchiveFormat = Literal["dir", "zip", "tar.gz"]
 
 MAX_TOTAL_BYTES = 8 * 1024**3  # uncompressed size of everything in a container
@@ -207,6 +210,10 @@ def _write_tree(db, root: Path, key, trust_store, with_signals, where, params, c
         for name, text in _bundle_files(db, pid, pver):
             (path.parent / name).write_bytes(text)
             files[f"{POLICIES}/{pid}/{pver}/{name}"] = hashlib.sha256(text).hexdigest()
+    overrides = _override_lines(db, where, params)
+    if overrides:
+        (root / OVERRIDES).write_bytes(overrides)
+        files[OVERRIDES] = hashlib.sha256(overrides).hexdigest()
     for name, data in (extras(merkle.count, merkle.root(), indices) if extras is not None else {}).items():
         (root / name).write_bytes(data)
         files[name] = hashlib.sha256(data).hexdigest()
@@ -235,6 +242,13 @@ def _write_tree(db, root: Path, key, trust_store, with_signals, where, params, c
         policies=[f"{p}@{v}" for p, v in sorted(referenced)],
         merkleRoot=body["merkleRoot"],
     )
+
+
+def _override_lines(db, where: str, params: list[Any]) -> bytes:
+    """The override records (stored as JCS envelopes) of the exported executions, in audit order."""
+    rows = db.sql("SELECT o.envelope FROM override_records o WHERE o.executionId IN "
+                  f"(SELECT a.executionId FROM attestations a {where}) ORDER BY o.seq", params)
+    return b"".join(e.encode("utf-8") + b"\n" for e in rows["envelope"])
 
 
 def _bundle_files(db, pid: str, pver: str) -> list[tuple[str, bytes]]:

@@ -28,7 +28,7 @@ from . import translog
 from .attestation import FIELDS
 from .errors import AuditStoreError, ParmanaError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 DECISION_FIELDS = ("action", "requires_override", "reason", "ruleId")
 # every attestation member as a column (decision flattened), in wire order, then the canonical JSON
 ATTESTATION_COLUMNS = (
@@ -135,6 +135,21 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
                               manifest_hash VARCHAR NOT NULL, signer_key_ids VARCHAR[] NOT NULL,
                               first_used_at TIMESTAMPTZ NOT NULL, manifest VARCHAR NOT NULL, signatures VARCHAR NOT NULL,
                               PRIMARY KEY (policyId, manifest_hash));
+        """,
+    ),
+    (
+        # v5: override records (overrides.py), every request, resolution and outcome envelope in the order recorded;
+        # once_key makes the store itself refuse a second vote by one approver or a second outcome for one request.
+        # Pending executions move from CONFIRMED to PENDING_OVERRIDE (their requests are issued on first use).
+        5,
+        """
+        CREATE TABLE override_records (seq BIGINT PRIMARY KEY, kind VARCHAR NOT NULL, hash VARCHAR NOT NULL UNIQUE,
+                                       executionId VARCHAR NOT NULL, request_hash VARCHAR NOT NULL, approverId VARCHAR,
+                                       decision VARCHAR, once_key VARCHAR NOT NULL UNIQUE, recorded_at TIMESTAMPTZ NOT NULL,
+                                       envelope VARCHAR NOT NULL);
+        UPDATE replay SET state = 'PENDING_OVERRIDE' FROM attestations a
+        WHERE a.execution_fingerprint = replay.execution_fingerprint AND a.executionId = replay.executionId
+          AND a.execution_state = 'pending_override' AND replay.state = 'CONFIRMED';
         """,
     ),
 )
@@ -263,7 +278,7 @@ class AuditDB:
     # -- reads ------------------------------------------------------------------------
 
     def count(self, table: str = "attestations") -> int:
-        if table not in ("attestations", "signals", "replay", "refusals", "policies"):
+        if table not in ("attestations", "signals", "replay", "refusals", "policies", "override_records"):
             raise ValueError(f"unknown table {table!r}")
         with self._lock:
             return self.connection.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
@@ -407,7 +422,7 @@ def expiry(now: datetime, seconds: float) -> datetime:
 # Rows are plain tuples so this layer knows SQL, not the runtime's models.
 
 REFUSAL_COLUMNS = ("refused_at", "code", "stage", "reason", "input_hash", "policyId", "policyVersion", "executionId")
-CONSUMED = ("CONFIRMED", "OVERRIDDEN")
+CONSUMED = ("CONFIRMED", "PENDING_OVERRIDE", "OVERRIDDEN", "REJECTED", "EXPIRED")
 
 
 def _frame(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> dict[str, np.ndarray]:
@@ -559,14 +574,16 @@ def record_refusals(db: AuditDB, refusals: list[tuple]) -> None:
 
 
 def confirm(db: AuditDB, templates: list[dict[str, Any]], rows: list[tuple], *, now: datetime,
-            refusals: Sequence[tuple] = ()) -> None:
+            refusals: Sequence[tuple] = (), requests: Sequence[tuple[str, str, str]] = ()) -> None:
     """Transaction 2: record attestations and their signals, mark fingerprints CONFIRMED.
 
     Fields shared by many attestations (policy, runtime, decision, key) come
     once per ``templates`` entry; each row of ``rows`` is (template index,
     executionId, execution_fingerprint, signalsHash, issuedAt, signature,
     canonical attestation, canonical signals). ``refusals`` are recorded in the
-    same transaction (replays of these very executions within their batch).
+    same transaction (replays of these very executions within their batch), as are ``requests``
+    (executionId, hash, envelope JSON): the OverrideRequest of each pending_override execution, whose
+    fingerprint is left PENDING_OVERRIDE instead of CONFIRMED.
     """
     at = utc(now)
     shared = {
@@ -594,7 +611,29 @@ def confirm(db: AuditDB, templates: list[dict[str, Any]], rows: list[tuple], *, 
                 "FROM new_rows WHERE replay.execution_fingerprint = new_rows.execution_fingerprint",
                 [at],
             )
+        if requests:
+            insert_override_records(con, [("request", h, eid, h, None, None, h, envelope) for eid, h, envelope in requests], at)
+            with Registered(con, opened={"executionId": column([r[0] for r in requests])}):
+                con.execute("UPDATE replay SET state = 'PENDING_OVERRIDE' FROM opened WHERE replay.executionId = opened.executionId",
+                            )
         _insert_refusals(con, list(refusals))
+
+
+OVERRIDE_COLUMNS = ("kind", "hash", "executionId", "request_hash", "approverId", "decision", "once_key", "envelope")
+
+
+def insert_override_records(con, records: Sequence[tuple], at: datetime) -> None:
+    """Append override records (OVERRIDE_COLUMNS each) in order; a second vote by one approver on one request, or
+    a second outcome, violates once_key and aborts the transaction."""
+    start = con.execute("SELECT coalesce(max(seq), 0) + 1 FROM override_records").fetchall()[0][0]
+    frame = {"seq": np.arange(start, start + len(records), dtype=np.int64), **_frame(OVERRIDE_COLUMNS, records)}
+    with Registered(con, new_overrides=frame):
+        con.execute(f"INSERT INTO override_records (seq, {', '.join(OVERRIDE_COLUMNS)}, recorded_at) "
+                    f"SELECT seq, {', '.join(OVERRIDE_COLUMNS)}, ? FROM new_overrides", [at])
+
+
+def set_replay_state(con, execution_id: str, state: str, at: datetime) -> None:
+    con.execute("UPDATE replay SET state = ?, updated_at = ? WHERE executionId = ?", [state, utc(at), execution_id])
 
 
 _ROW_FIELDS = ("tpl", "executionId", "execution_fingerprint", "signalsHash", "issuedAt", "signature", "canonical", "signals")

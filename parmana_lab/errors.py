@@ -22,6 +22,7 @@ STAGES = (
     "archive",
     "log",
     "witness",
+    "override",
 )
 
 
@@ -75,3 +76,17 @@ class KeyStoreError(ParmanaError):
 
 class AuditStoreError(ParmanaError):
     """The audit database is unavailable, locked or damaged (AUD-xxx)."""
+
+
+class OverrideError(ParmanaError):
+    """A resolution of a pending_override execution was refused (SYS-021..025, OVR-001..006)."""
+
+    def __init__(self, code: str, reason: str, **details: Any) -> None:
+        super().__init__(code, "override", reason, **details)
+
+    def __reduce__(self):
+        return (_rebuild_override, (self.code, self.reason, self.details))
+
+
+def _rebuild_override(code, reason, details):
+    return OverrideError(code, reason, **details)

@@ -18,13 +18,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from .canonical import canonical_hash, parse_json
 from .errors import CanonicalizationError, PolicyError
 
-SUPPORTED_SCHEMA_VERSIONS = ("1.0.0",)
+# 1.1.0 adds the optional top-level ``override`` block (who may resolve pending_override executions)
+SUPPORTED_SCHEMA_VERSIONS = ("1.0.0", "1.1.0")
+OVERRIDE_SCHEMA_VERSION = "1.1.0"
 SIGNAL_TYPES = ("integer", "boolean", "string", "enum")
 COMPARISONS = ("greater_than", "greater_than_or_equal", "less_than", "less_than_or_equal")
 OPERATORS = ("equals", "not_equals", *COMPARISONS, "in")
 COMBINATORS = ("all", "any", "not")
 REQUIRED_FIELDS = ("policyId", "policyVersion", "schemaVersion", "signalsSchema", "rules")
-OPTIONAL_FIELDS = ("description",)
+OPTIONAL_FIELDS = ("description", "override")
+DEFAULT_PENDING_TTL = 7 * 24 * 3600
+MAX_PENDING_TTL = 90 * 24 * 3600
+OVERRIDE_FIELDS = ("roles", "threshold", "rejectThreshold", "pendingTtlSeconds", "allowSelfApproval")
 SEMVER = re.compile(
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
     r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
@@ -54,6 +59,22 @@ class Rule(BaseModel):
     outcome: Outcome
 
 
+class OverrideRule(BaseModel):
+    """Who may resolve this policy's pending_override executions: part of the signed document, so the
+    runtime's operator cannot lower the bar. ``to_wire()`` is the block with every default filled in."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    roles: tuple[str, ...]
+    threshold: int = 1
+    rejectThreshold: int = 1
+    pendingTtlSeconds: int = DEFAULT_PENDING_TTL
+    allowSelfApproval: bool = False
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"allowSelfApproval": self.allowSelfApproval, "pendingTtlSeconds": self.pendingTtlSeconds,
+                "rejectThreshold": self.rejectThreshold, "roles": list(self.roles), "threshold": self.threshold}
+
+
 class PolicyIssue(BaseModel):
     """A load-time finding that does not stop the policy from loading."""
 
@@ -73,6 +94,7 @@ class Policy(BaseModel):
     rules: tuple[Rule, ...]
     bundleHash: str
     document: dict[str, Any] = Field(repr=False)
+    override: OverrideRule | None = None
     warnings: tuple[PolicyIssue, ...] = ()
     source: str | None = None
 
@@ -109,6 +131,9 @@ def parse_policy(document: Any, *, source: str | None = None) -> Policy:
     for name in document:
         if name not in REQUIRED_FIELDS and name not in OPTIONAL_FIELDS:
             raise _fail("POL-008", f"unknown top-level field {name!r}", where)
+    if "override" in document and document["schemaVersion"] != OVERRIDE_SCHEMA_VERSION:
+        raise _fail("POL-008", f"an override block needs schemaVersion {OVERRIDE_SCHEMA_VERSION!r} "
+                               f"(this document says {document['schemaVersion']!r})", where)
     pid, pver, schema_version = document["policyId"], document["policyVersion"], document["schemaVersion"]
     if not isinstance(pid, str) or not IDENTIFIER.match(pid):
         raise _fail("POL-007", f"policyId {pid!r} must be 1-128 characters of letters, digits, '.', '_' or '-'", where)
@@ -122,6 +147,10 @@ def parse_policy(document: Any, *, source: str | None = None) -> Policy:
         raise _fail("POL-008", "description must be a string", where)
     schema = _parse_signals_schema(document["signalsSchema"], where)
     rules, warnings = _parse_rules(document["rules"], schema, where)
+    override = _parse_override(document["override"], where) if "override" in document else None
+    if override is None and schema_version == OVERRIDE_SCHEMA_VERSION and any(r.outcome.requires_override for r in rules):
+        warnings = (*warnings, PolicyIssue(code="POL-025", reason="rules can end pending_override but there is no override "
+                                                                   "block: nobody may resolve those executions"))
     try:
         bundle_hash = canonical_hash(document)
     except CanonicalizationError as exc:
@@ -134,9 +163,33 @@ def parse_policy(document: Any, *, source: str | None = None) -> Policy:
         rules=rules,
         bundleHash=bundle_hash,
         document=document,
+        override=override,
         warnings=warnings,
         source=source,
     )
+
+
+def _parse_override(raw: Any, where: str | None) -> OverrideRule:
+    """POL-024 for an override block that is not exactly what OverrideRule says (no coercion, no extras)."""
+    def bad(reason: str) -> PolicyError:
+        return _fail("POL-024", f"override: {reason}", where)
+
+    if not isinstance(raw, dict):
+        raise bad("must be an object")
+    extra = sorted(set(raw) - set(OVERRIDE_FIELDS))
+    if extra:
+        raise bad(f"unknown field(s) {extra} (known: {', '.join(OVERRIDE_FIELDS)})")
+    roles = raw.get("roles")
+    if not isinstance(roles, list) or not roles or not all(isinstance(r, str) and IDENTIFIER.match(r) for r in roles) \
+            or len(set(roles)) != len(roles):
+        raise bad("roles must be a non-empty list of distinct role names")
+    for name, low, high in (("threshold", 1, 100), ("rejectThreshold", 1, 100), ("pendingTtlSeconds", 1, MAX_PENDING_TTL)):
+        value = raw.get(name, 1)
+        if type(value) is not int or not low <= value <= high:
+            raise bad(f"{name} must be an integer from {low} to {high}, not {value!r}")
+    if type(raw.get("allowSelfApproval", False)) is not bool:
+        raise bad("allowSelfApproval must be true or false")
+    return OverrideRule(**{k: tuple(v) if k == "roles" else v for k, v in raw.items()})
 
 
 def _parse_signals_schema(raw: Any, where: str | None) -> dict[str, SignalSpec]:

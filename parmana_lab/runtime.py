@@ -11,12 +11,13 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
-from . import audit
+from . import audit, resolve
 from ._gc import cyclic_gc_paused
 from .archive import CHECKPOINT, LOG_PROOFS, ExportResult, export_archive
 from .attestation import ExecutionAttestation, seal
@@ -24,12 +25,14 @@ from .audit import AuditDB, first_line, storage_hint
 from .authority import AUTHORITY_FILE, Authority
 from .bundles import BundleVerdict, verify_bundle
 from .canonical import canonical_hash, canonicalize, fingerprint_payload, sha256_hex
+from .dsse import envelope_hash, seal_envelope
 from .errors import AuditStoreError, ParmanaError, PolicyError, ReplayError, RequestError
 from .evaluate import Decision, decide
 from .keys import Keyring, TrustStore
-from .policy import Policy, PolicyStore
+from .overrides import REQUEST_TYPE, OverrideStatus, OverrideTrail, request_body
+from .policy import DEFAULT_PENDING_TTL, Policy, PolicyStore
 from .provenance import RuntimeInfo, evaluator_artifact_hash, runtime_hash, runtime_manifest
-from .timestamps import Clock, format_ts, system_clock
+from .timestamps import Clock, format_ts, parse_ts, system_clock
 from .translog import LogError, TransparencyLog
 from .validation import check_request, new_execution_id, validate_signals
 from .workspace import DEFAULT_WORKSPACE, Workspace, default_policy_dir
@@ -48,6 +51,8 @@ class _Pending:
     decision: Decision
     fingerprint: str
     signals_jcs: bytes
+    signals: dict[str, Any]
+    requested_by: str | None
 
 
 class Runtime:
@@ -132,6 +137,8 @@ class Runtime:
         A full export of the log carries ``checkpoint``, signed now, whose size and root are the archive's
         count and merkleRoot; it is refused (LOG-002) if the records no longer hash to the log.
         """
+        resolve.open_missing(self)  # every pending execution in an export has its request
+        resolve.expire_due(self)
         return export_archive(self.db, out, key=self._key, trust_store=self.trust_store(), clock=self._clock,
                               extras=self._archive_extras, **options)
 
@@ -156,6 +163,28 @@ class Runtime:
         lines = b"".join(canonicalize({"index": i, "proof": [base64.b64encode(h).decode("ascii") for h in hashes]}) + b"\n"
                          for i, hashes in zip(indices, proofs))
         return {CHECKPOINT: checkpoint.render().encode("utf-8"), LOG_PROOFS: lines}
+
+    # -- overrides (resolve.py) ----------------------------------------------------------------
+
+    def pending_overrides(self, *, include_resolved: bool = False) -> list[OverrideStatus]:
+        """This runtime's pending_override executions awaiting votes (with ``include_resolved``, all of them)."""
+        return resolve.pending(self, include_resolved=include_resolved)
+
+    def override_request(self, execution_id: str) -> dict[str, Any]:
+        """The OverrideRequest envelope to hand to approvers (they sign it offline: overrides.sign_resolution)."""
+        return resolve.request_for(self, execution_id)
+
+    def submit_resolution(self, envelope: Any) -> OverrideStatus:
+        """Record an approver's signed vote (raises OverrideError with its code); signs the outcome when it decides."""
+        return resolve.submit(self, envelope)
+
+    def override_trail(self, execution_id: str) -> OverrideTrail:
+        """Every request, vote and outcome of one execution, in the order recorded."""
+        return resolve.trail(self, execution_id)
+
+    def reopen_override(self, execution_id: str) -> dict[str, Any]:
+        """A fresh request for an expired one; returns its envelope (earlier votes do not count for it)."""
+        return resolve.reopen(self, execution_id)
 
     def execute(self, request: Any) -> ExecutionAttestation:
         """Run one request; returns its committed attestation or raises a ParmanaError."""
@@ -205,14 +234,14 @@ class Runtime:
         return found
 
     def _prepare(self, index: int, raw: Any) -> _Pending:
-        pid, pver, signals, execution_id, signals_jcs = check_request(raw, new_id=self._new_id)
+        pid, pver, signals, execution_id, signals_jcs, requested_by = check_request(raw, new_id=self._new_id)
         policy = self.policies.get(pid, pver)
         if self.authority is not None:
             self._bundle(policy)  # before any reservation or signature
         validate_signals(signals, policy)
         decision = decide(policy, signals)
         fingerprint = sha256_hex(fingerprint_payload(pid, pver, signals_jcs))
-        return _Pending(index, execution_id, policy, decision, fingerprint, signals_jcs)
+        return _Pending(index, execution_id, policy, decision, fingerprint, signals_jcs, signals, requested_by)
 
     def _run_chunk(self, raws: list[Any]) -> list[Result]:
         with cyclic_gc_paused():
@@ -265,6 +294,7 @@ class Runtime:
                 "INV-REPLAY-001", "replay", f"no usable replay store in {self.db.path} ({first_line(exc)}); execution refused"
             ) from None
         signed: list[tuple[_Pending, dict[str, Any], tuple]] = []
+        requests: list[tuple[str, str, str]] = []
         templates: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
         for n, item in enumerate(pending):
             if n in refused:
@@ -272,11 +302,13 @@ class Runtime:
                 results[item.index] = ReplayError(code, "replay", reason) if code.startswith("INV") else _policy_error(code, reason)
             else:
                 signed.append(self._sign(item, templates))
+                if item.decision.requires_override:
+                    requests.append(self._override_request(item, *signed[-1][1:]))
         # a repeat is refused once the request it repeats has been decided: stamped after that was signed
         late = [_refusal_row(self._clock(), exc, raw, item) for exc, raw, item in repeats]
         if signed:
             shared = [{**before, **after, "signerKeyId": self._key.key_id} for _, (before, after) in templates.values()]
-            self._confirm(signed, shared, late)
+            self._confirm(signed, shared, late, requests)
             for item, body, _ in signed:
                 results[item.index] = ExecutionAttestation._trusted(body, item.decision)
         else:
@@ -340,10 +372,20 @@ class Runtime:
             self._last_ms, self._last_text = ms, format_ts(ms)
         return self._last_text
 
+    def _override_request(self, item: _Pending, body: dict[str, Any], row: tuple) -> tuple[str, str, str]:
+        """The OverrideRequest of a pending_override execution: (executionId, hash, envelope JSON), recorded with it."""
+        rule = item.policy.override
+        opened = body["issuedAt"]
+        expires = format_ts(parse_ts(opened) + timedelta(seconds=rule.pendingTtlSeconds if rule else DEFAULT_PENDING_TTL))
+        request = request_body(body, row[6].encode("utf-8"), item.signals, item.requested_by, rule, opened, expires)
+        envelope = seal_envelope(REQUEST_TYPE, request, self._key)
+        return item.execution_id, envelope_hash(envelope), canonicalize(envelope).decode("utf-8")
+
     def _confirm(self, signed: list[tuple[_Pending, dict[str, Any], tuple]], templates: list[dict[str, Any]],
-                 refusals: list[tuple]) -> None:
+                 refusals: list[tuple], requests: list[tuple[str, str, str]] = ()) -> None:
         try:
-            audit.confirm(self.db, templates, [row for _, _, row in signed], now=self._clock(), refusals=refusals)
+            audit.confirm(self.db, templates, [row for _, _, row in signed], now=self._clock(), refusals=refusals,
+                          requests=requests)
         except (duckdb.Error, AuditStoreError) as exc:
             try:
                 audit.mark_failed(self.db, [item.fingerprint for item, _, _ in signed], now=self._clock(), ttl=self.failed_ttl)

@@ -20,7 +20,7 @@ from .policy import Policy
 
 MAX_REQUEST_BYTES = 64 * 1024
 MAX_EXECUTION_ID = 128
-REQUEST_FIELDS = frozenset({"policyId", "policyVersion", "signals", "executionId"})
+REQUEST_FIELDS = frozenset({"policyId", "policyVersion", "signals", "executionId", "requestedBy"})
 
 
 class ExecutionRequest(BaseModel):
@@ -31,6 +31,7 @@ class ExecutionRequest(BaseModel):
     policyVersion: str
     signals: dict[str, Any]
     executionId: str
+    requestedBy: str | None = None  # who asked: an approver with this id may not resolve it (unless the policy allows)
 
 
 def _refuse(code: str, reason: str) -> RequestError:
@@ -51,12 +52,13 @@ def parse_request(raw: Any, *, new_id=new_execution_id) -> ExecutionRequest:
 
     ``new_id`` makes the executionId for requests that bring none.
     """
-    pid, pver, signals, execution_id, _ = check_request(raw, new_id=new_id)
-    return ExecutionRequest.model_construct(policyId=pid, policyVersion=pver, signals=signals, executionId=execution_id)
+    pid, pver, signals, execution_id, _, requested_by = check_request(raw, new_id=new_id)
+    return ExecutionRequest.model_construct(policyId=pid, policyVersion=pver, signals=signals, executionId=execution_id,
+                                            requestedBy=requested_by)
 
 
-def check_request(raw: Any, *, new_id=new_execution_id) -> tuple[str, str, dict[str, Any], str, bytes]:
-    """parse_request's checks, returning (policyId, policyVersion, signals, executionId, JCS(signals)).
+def check_request(raw: Any, *, new_id=new_execution_id) -> tuple[str, str, dict[str, Any], str, bytes, str | None]:
+    """parse_request's checks, returning (policyId, policyVersion, signals, executionId, JCS(signals), requestedBy).
 
     The runtime's hot path uses this form: the canonical signals are needed for
     the fingerprint and signalsHash anyway, and they also give the request size.
@@ -93,16 +95,22 @@ def check_request(raw: Any, *, new_id=new_execution_id) -> tuple[str, str, dict[
         or not execution_id.isprintable()
     ):
         raise _refuse("VAL-002", f"executionId must be 1-{MAX_EXECUTION_ID} printable characters")
+    requested_by = raw.get("requestedBy")
+    if requested_by is not None and (type(requested_by) is not str or not 0 < len(requested_by) <= MAX_EXECUTION_ID
+                                     or not requested_by.isprintable()):
+        raise _refuse("VAL-002", f"requestedBy must be 1-{MAX_EXECUTION_ID} printable characters (who asked), or absent")
     try:
         signals_jcs = canonicalize(signals)
         # JCS of the whole request, measured without building it: the four
         # members' canonical texts plus the fixed keys and punctuation.
         size = len(signals_jcs) + len(quote(pid)) + len(quote(pver)) + len(quote(execution_id)) + _REQUEST_FRAME
+        if requested_by is not None:
+            size += len(quote(requested_by)) + len(b',"requestedBy":')
     except CanonicalizationError as exc:
         raise _refuse("VAL-001", f"request has no canonical JSON form: {exc.reason}") from None
     if size > MAX_REQUEST_BYTES:
         raise _refuse("VAL-005", f"request is {size} bytes canonicalized; the limit is {MAX_REQUEST_BYTES}")
-    return pid, pver, signals, execution_id, signals_jcs
+    return pid, pver, signals, execution_id, signals_jcs, requested_by
 
 
 _REQUEST_FRAME = len(b'{"executionId":,"policyId":,"policyVersion":,"signals":}')

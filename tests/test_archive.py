@@ -26,7 +26,7 @@ def cli(*args):
 def test_archive_layout_and_manifest(exported):
     path, store = exported
     names = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
-    assert names[:5] == ["attestations.jsonl", "checkpoint", "keys.json", "manifest.json",
+    assert names[:6] == ["attestations.jsonl", "checkpoint", "keys.json", "manifest.json", "overrides.jsonl",
                          "policies/access-request/1.0.0/policy.json"]
     assert "signals.jsonl" in names
     manifest = json.loads((path / "manifest.json").read_text())

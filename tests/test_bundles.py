@@ -49,7 +49,7 @@ def test_a_signed_bundle_loads_and_executes_and_sequences_default(signed, tmp_pa
     path, authority, keys = signed
     manifests = {f.name: json.loads((f / "bundle.manifest.json").read_text())["sequence"]
                  for f in sorted((policy_dir / "loan-approval").iterdir())}
-    assert manifests == {"1.0.0": 1, "1.1.0": 2}  # one more than the signed versions beside it
+    assert manifests == {"1.0.0": 1, "1.1.0": 2, "1.2.0": 3}  # one more than the signed versions beside it
     with Runtime(tmp_path / "ws", policies=policy_dir, clock=clock, authority=path) as rt:
         att = rt.execute(claims_request())
         assert att.decision.action == "approve" and "authorship checked" in rt.authorship
@@ -122,13 +122,13 @@ def test_rollback_and_a_reused_sequence_are_refused(signed, tmp_path, policy_dir
         doc = json.loads((folder / "policy.json").read_text())
         doc["rules"][0]["outcome"]["reason"] = "same sequence, other content"
         shutil.rmtree(policy_dir / "loan-approval" / "1.0.0")
-        new = policy_dir / "loan-approval" / "1.2.0"
+        new = policy_dir / "loan-approval" / "1.9.0"
         shutil.copytree(folder, new)
-        doc["policyVersion"] = "1.2.0"
+        doc["policyVersion"] = "1.9.0"
         (new / "policy.json").write_bytes(canonicalize(doc))
         sign_bundle(new, keys["alice"], "alice", sequence=2, clock=clock)
         with pytest.raises(PolicyError) as info:
-            rt.execute(loan_request(version="1.2.0"))
+            rt.execute(loan_request(version="1.9.0"))
         assert info.value.code == "POL-035"
 
 

@@ -75,8 +75,8 @@ def test_runtime_json_matches_the_api():
 def test_policies_lists_hashes_and_errors(tmp_path, policy_dir):
     out = cli("policies", "--policies", policy_dir, "--json", check_code=0)
     *rows, summary = [json.loads(x) for x in out.stdout.splitlines()]
-    assert len(rows) == 5 and all(len(r["bundleHash"]) == 64 for r in rows)
-    assert summary == {"summary": {"loaded": 5, "failed": 0, "exit": 0}}
+    assert len(rows) == 9 and all(len(r["bundleHash"]) == 64 for r in rows)
+    assert summary == {"summary": {"loaded": 9, "failed": 0, "exit": 0}}
     bad = policy_dir / "broken" / "1.0.0" / "policy.json"
     bad.parent.mkdir(parents=True)
     bad.write_text('{"policyId": "broken"}')

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 
 from parmana_lab import AuditDB, Runtime, TrustStore, canonicalize
+from parmana_lab.audit import SCHEMA_VERSION
 from parmana_lab.imports import ImportRefused, import_archive
 from parmana_lab.reproducibility import reproduce
 from parmana_lab.verify import verify_archive
@@ -302,7 +303,7 @@ def test_a_v1_audit_db_is_migrated_forward(tmp_path):
         con.execute("INSERT INTO replay VALUES ('fp', 'CONFIRMED', 'e1', TIMESTAMP '2026-02-03 04:05:06', NULL, "
                     "TIMESTAMP '2026-02-03 04:05:07')")
     with AuditDB(path) as db:
-        assert db.schema_version() == 4
+        assert db.schema_version() == SCHEMA_VERSION == 5
         row = db.sql("SELECT issued_at, import_status FROM attestations").iloc[0]
         assert row["issued_at"] == pd.Timestamp("2026-02-03T04:05:06.789Z") and row["import_status"] is None
         assert db.refusals()["refused_at"].iloc[0] == pd.Timestamp("2026-02-03T04:05:00Z")  # stored UTC stays UTC

@@ -46,7 +46,7 @@ def assert_consistent(ws: Path, handed_back: list[str]) -> int:
         recorded = set(rows["canonical"])
         assert [line for line in handed_back if line not in recorded] == []
         assert rows["execution_fingerprint"].is_unique
-        confirmed = db.sql("SELECT execution_fingerprint FROM replay WHERE state = 'CONFIRMED'")
+        confirmed = db.sql("SELECT execution_fingerprint FROM replay WHERE state IN ('CONFIRMED', 'PENDING_OVERRIDE')")
         assert set(confirmed["execution_fingerprint"]) == set(rows["execution_fingerprint"])
         assert db.count("signals") == len(rows)
     store = Keyring(ws / "keys").trust_store()

@@ -38,7 +38,7 @@ def test_all_samples_load_without_errors_or_warnings():
         assert policy.warnings == ()
     ids = {p.policyId for p in loaded}
     assert {"loan-approval", "claims-approval", "vendor-payment", "access-request"} <= ids
-    assert store.versions("loan-approval") == ["1.0.0", "1.1.0"]
+    assert store.versions("loan-approval") == ["1.0.0", "1.1.0", "1.2.0"]
 
 
 def test_bundle_hash_is_stable_and_covers_the_whole_document():

@@ -214,7 +214,7 @@ def test_audit_db_is_real_duckdb_queryable_from_outside(tmp_path, policy_dir, cl
     con = duckdb.connect(str(tmp_path / "ws" / "audit.duckdb"), read_only=True)
     rows = con.execute("SELECT decision_action, count(*) FROM attestations GROUP BY 1 ORDER BY 1").fetchall()
     assert rows == [("approve", 1), ("manual_review", 1), ("reject", 1)]
-    assert con.execute("SELECT max(version) FROM schema_migrations").fetchall() == [(4,)]
+    assert con.execute("SELECT max(version) FROM schema_migrations").fetchall() == [(5,)]
     for (text,) in con.execute("SELECT canonical FROM attestations").fetchall():
         att = ExecutionAttestation.model_validate_json(text)
         assert canonicalize(att.model_dump()).decode() == text

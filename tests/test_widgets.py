@@ -48,7 +48,7 @@ def test_form_inputs_follow_the_signals_schema(runtime):
     box = next(b for b in form.inputs.children if b.description == enum)
     assert box.options == policy.signalsSchema[enum].values
     form.policy.value = "loan-approval"
-    assert form.version.options == ("1.0.0", "1.1.0") and form.version.value == "1.1.0"  # newest first chosen
+    assert form.version.options == ("1.0.0", "1.1.0", "1.2.0") and form.version.value == "1.2.0"  # newest first chosen
     assert {b.description for b in form.inputs.children} == {"credit_score", "loan_amount", "employed"}
 
 
@@ -226,7 +226,7 @@ def test_reproducibility_panel_diff_and_what_if(tmp_path, policy_dir, clock):
     assert "manual_review" in panel.diff.value and "execution_state" in panel.diff.value
     panel.evaluator = evaluate
     panel.what_if_policy.value = "loan-approval"
-    assert panel.what_if_version.options == ("1.0.0", "1.1.0")
+    assert panel.what_if_version.options == ("1.0.0", "1.1.0", "1.2.0")
     panel.what_if_version.value = "1.1.0"
     panel.what_if_button.click()
     changes = panel.what_if_report.changes()
