@@ -1,4 +1,4 @@
-"""The authority file: who may author policies (and, later, approve overrides), pinned by the user.
+"""The authority file: who may author policies and who may approve overrides, pinned by the user.
 
 Like the trust store it is never taken from an archive unless asked. Each
 entry is one key with the trust store's rules (keyId = first 16 hex of
@@ -37,10 +37,17 @@ class AuthorEntry(TrustedKey):
 
 
 class ApproverEntry(TrustedKey):
-    """An override approver's key and roles (used by the override workflow)."""
+    """An override approver's key and roles: a policy's override block names the roles that may resolve it."""
 
     approverId: str
     roles: list[str]
+
+    @field_validator("roles")
+    @classmethod
+    def _roles(cls, value: list[str]) -> list[str]:
+        if not value or any(not r for r in value):
+            raise ValueError("roles: a non-empty list of role names")
+        return value
 
 
 class Authority(BaseModel):
@@ -73,3 +80,16 @@ class Authority(BaseModel):
 
     def author(self, key_id: str) -> AuthorEntry | None:
         return next((a for a in self.authors if a.keyId == key_id), None)
+
+    def approver(self, key_id: str) -> ApproverEntry | None:
+        return next((a for a in self.approvers if a.keyId == key_id), None)
+
+    def revoked(self, key_id: str, at: str) -> tuple[Authority, AuthorEntry | ApproverEntry | None]:
+        """A copy with this author or approver key revoked from ``at`` (and the entry revoked, None if unknown)."""
+        for name in ("authors", "approvers"):
+            entries = getattr(self, name)
+            for i, entry in enumerate(entries):
+                if entry.keyId == key_id:
+                    changed = entry.model_copy(update={"revokedAt": at})
+                    return self.model_copy(update={name: [*entries[:i], changed, *entries[i + 1:]]}), changed
+        return self, None

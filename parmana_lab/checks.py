@@ -30,8 +30,11 @@ from .policy import Policy, parse_policy
 from .provenance import runtime_hash, runtime_manifest
 from .validation import signals_conform, validate_signals
 
-# authorship is set after the per-line pass, when the verifier has an authority file (verify._check_authorship)
-CHECKS = ("schema", "key", "signature", "fingerprint", "signals_hash", "policy", "decision", "runtime", "duplicate", "authorship")
+# authorship and override are set after the per-line pass, when the verifier has an authority file
+# (verify._check_authorship, override_check.check_overrides)
+CHECKS = ("schema", "key", "signature", "fingerprint", "signals_hash", "policy", "decision", "runtime", "duplicate", "authorship",
+          "override")
+LATE_CHECKS = 2  # the last ones, not_checkable until their post-pass
 CheckStatus = Literal["verified", "failed", "unknown", "not_checkable"]
 STATUS_NAMES = ("verified", "failed", "unknown", "not_checkable")
 VERIFIED, FAILED, UNKNOWN, NOT_CHECKABLE = range(4)
@@ -52,6 +55,12 @@ CODE_ORDER = (
     "POLICY_AUTHOR_UNAUTHORIZED",
     "DECISION_MISMATCH",
     "DUPLICATE_FINGERPRINT",
+    "OVERRIDE_SIGNATURE_INVALID",
+    "OVERRIDE_LINEAGE_MISMATCH",
+    "OVERRIDE_UNAUTHORIZED",
+    "OVERRIDE_SELF_APPROVED",
+    "OVERRIDE_THRESHOLD_NOT_MET",
+    "OVERRIDE_CONFLICT",
     "RUNTIME_UNKNOWN",
 )
 CODE_RANK = {code: i for i, code in enumerate(CODE_ORDER)}
@@ -72,6 +81,16 @@ HINTS = {
                                   "of this decision",
     "DECISION_MISMATCH": "re-evaluating the archived policy on the archived signals gives another decision",
     "DUPLICATE_FINGERPRINT": "this execution_fingerprint was already consumed earlier in the archive: a replay",
+    "OVERRIDE_SIGNATURE_INVALID": "an override record of this execution does not verify (request or outcome against your "
+                                  "trust store, a vote against the approver's key): altered or forged",
+    "OVERRIDE_LINEAGE_MISMATCH": "an override record is not bound to this attestation (another execution's, another "
+                                 "request's, or missing its request)",
+    "OVERRIDE_UNAUTHORIZED": "a vote was cast by a key your authority file does not hold, out of its validity, with a role "
+                             "the policy does not allow or the approver does not hold, or outside the request's window",
+    "OVERRIDE_SELF_APPROVED": "the person who requested this execution voted on it, and its policy does not allow that",
+    "OVERRIDE_THRESHOLD_NOT_MET": "the outcome counts fewer valid, distinct votes than the policy's threshold requires",
+    "OVERRIDE_CONFLICT": "contradictory override records: two outcomes, an outcome for a completed execution, a vote after "
+                         "the outcome, or a new request while one was open",
     "RUNTIME_UNKNOWN": "produced by a runtime release this verifier does not know: not tampering, but check provenance",
 }
 _KEY_CODES = {"revoked": "KEY_REVOKED", "not_yet_valid": "KEY_NOT_VALID_AT_ISSUE", "expired": "KEY_NOT_VALID_AT_ISSUE"}
@@ -455,13 +474,13 @@ def _check_each(number: int, line: bytes, signals_line: bytes | None, ctx: Conte
             if mismatch:
                 dec = FAILED
                 findings = (findings or []) + [("DECISION_MISMATCH", "decision", *mismatch)]
-    statuses = bytes((VERIFIED, key, sig, fp, sh, pol, dec, run, VERIFIED, NOT_CHECKABLE))
+    statuses = bytes((VERIFIED, key, sig, fp, sh, pol, dec, run, VERIFIED, NOT_CHECKABLE, NOT_CHECKABLE))
     return (number, eid, pid, pver, decision["action"], obj["execution_fingerprint"], statuses,
             tuple(findings) if findings else ())
 
 
 _MALFORMED_STATUSES = bytes((FAILED, *[NOT_CHECKABLE] * (len(CHECKS) - 1)))
-_ALL_VERIFIED = bytes(len(CHECKS) - 1) + bytes((NOT_CHECKABLE,))  # authorship: decided after the per-line pass
+_ALL_VERIFIED = bytes(len(CHECKS) - LATE_CHECKS) + bytes((NOT_CHECKABLE,) * LATE_CHECKS)  # decided after the per-line pass
 _SIG_CUT = len(b',"signature":"') + 88 + 1
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .archive import ArchiveError
 from .canonical import canonicalize
-from .errors import KeyStoreError, ParmanaError, PolicyError, RequestError
+from .errors import KeyStoreError, OverrideError, ParmanaError, PolicyError, RequestError
 from .keys import Keyring, TrustStore, load_key_file, new_key_file
 from .policy import PolicyStore
 from .provenance import runtime_info
@@ -79,9 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     pol.add_argument("--json", action="store_true")
     pol.set_defaults(func=cmd_policies)
 
-    aut = sub.add_parser("authority", help="the authority file: who may author policies")
-    aut.add_argument("action", nargs="?", choices=["show", "add-author", "revoke"], default="show")
-    aut.add_argument("name", nargs="?", help="add-author: the AUTHOR_ID; revoke: the KEYID")
+    aut = sub.add_parser("authority", help="the authority file: who may author policies and approve overrides")
+    aut.add_argument("action", nargs="?", choices=["show", "add-author", "add-approver", "revoke"], default="show")
+    aut.add_argument("name", nargs="?", help="add-author: the AUTHOR_ID; add-approver: the APPROVER_ID; revoke: the KEYID")
+    aut.add_argument("--roles", nargs="+", default=[], metavar="ROLE", help="add-approver: the roles this approver holds")
     aut.add_argument("--authority", type=Path, help="default: the workspace's keys/authority.json")
     aut.add_argument("--key", type=Path, help="add-author: a private or public PEM (only the public key is written)")
     aut.add_argument("--policies", nargs="+", default=[], metavar="ID_OR_PATTERN")
@@ -108,7 +109,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="runtimeHash to accept without a RUNTIME_UNKNOWN warning (repeatable; default: this kit's)")
     ver.add_argument("--checkpoint", type=Path, metavar="OLD",
                      help="an older checkpoint of the producer's log: the archive must extend it (HISTORY_INCONSISTENT otherwise)")
-    ver.add_argument("--authority", type=Path, help="authority file: check each decision's policy was signed by an allowed author")
+    ver.add_argument("--authority", type=Path, help="authority file: check each decision's policy was signed by an allowed author "
+                                                    "and each override by allowed approvers (default: the workspace's, if any)")
     ver.add_argument("--no-progress", action="store_true")
     ver.set_defaults(func=cmd_verify)
 
@@ -172,6 +174,23 @@ def _parser() -> argparse.ArgumentParser:
     wk.add_argument("--key", type=Path, required=True)
     wk.add_argument("--name", required=True)
     wk.set_defaults(func=cmd_log_witness_key)
+
+    ovr = sub.add_parser("overrides", help="pending_override executions: list them, hand out requests, sign votes offline, "
+                                           "submit them, reopen expired ones")
+    ovr.add_argument("action", nargs="?", choices=["list", "request", "sign", "submit", "reopen", "trail"], default="list")
+    ovr.add_argument("targets", nargs="*", help="request / reopen / trail: EXECUTION_ID; sign: REQUEST_FILE; submit: FILE...")
+    ovr.add_argument("--all", action="store_true", help="list: include resolved executions with their outcome")
+    ovr.add_argument("--authority", type=Path, help="the approvers' authority file (default: the workspace's)")
+    ovr.add_argument("--out", type=Path, help="request / sign / reopen: write the envelope here")
+    ovr.add_argument("--key", type=Path, help="sign: the approver's private key file")
+    ovr.add_argument("--approver-id", help="sign: your approverId in the authority file")
+    ovr.add_argument("--role", help="sign: the role you vote in")
+    vote = ovr.add_mutually_exclusive_group()
+    vote.add_argument("--approve", action="store_const", const="approve", dest="decision")
+    vote.add_argument("--reject", action="store_const", const="reject", dest="decision")
+    ovr.add_argument("--reason", help="sign: why (required, at most 2,000 characters)")
+    ovr.add_argument("--json", action="store_true")
+    ovr.set_defaults(func=cmd_overrides)
 
     demo = sub.add_parser("demo", help="run every sample request on a fresh demo workspace")
     demo.add_argument("--policies", type=Path)
@@ -306,53 +325,56 @@ def _authority_path(args: argparse.Namespace) -> Path:
 
 
 def cmd_authority(args: argparse.Namespace) -> int:
-    from .authority import AuthorEntry, Authority
-    from .keys import SigningKey, public_key_from_pem, public_key_to_pem
+    from .authority import ApproverEntry, AuthorEntry, Authority
+    from .keys import SigningKey, key_id_for, public_key_from_pem, public_key_to_pem
+    from .timestamps import format_ts, system_clock, time_bound
 
     path = _authority_path(args)
     authority = Authority.load(path) if path.exists() else Authority()
-    if args.action == "add-author":
-        if not args.name or not args.key or not args.policies:
-            raise KeyStoreError("KEY-008", "keys", "authority add-author AUTHOR_ID --key FILE --policies ID_OR_PATTERN...")
+    if args.action in ("add-author", "add-approver"):
+        author = args.action == "add-author"
+        if not args.name or not args.key or not (args.policies if author else args.roles):
+            raise KeyStoreError("KEY-008", "keys", "authority add-author AUTHOR_ID --key FILE --policies ID_OR_PATTERN..." if author
+                                else "authority add-approver APPROVER_ID --roles ROLE... --key FILE")
         data = _read_file(args.key, "KEY-002")
         try:
             raw = public_key_from_pem(data)
         except ValueError:
             raw = (load_key_file(args.key) if b"PRIVATE" in data else SigningKey.from_pem(data)).public_key
-        from .keys import key_id_for
-        from .timestamps import format_ts, system_clock
-
-        entry = AuthorEntry(authorId=args.name, keyId=key_id_for(raw), publicKey=public_key_to_pem(raw),
-                            policyIds=args.policies, notBefore=format_ts(system_clock()))
-        if authority.author(entry.keyId):
-            raise KeyStoreError("KEY-008", "keys", f"key {entry.keyId} is already in {path}")
+        common = {"keyId": key_id_for(raw), "publicKey": public_key_to_pem(raw), "notBefore": format_ts(system_clock())}
+        entry = (AuthorEntry(authorId=args.name, policyIds=args.policies, **common) if author
+                 else ApproverEntry(approverId=args.name, roles=args.roles, **common))
+        if authority.author(entry.keyId) or authority.approver(entry.keyId):
+            raise KeyStoreError("KEY-008", "keys", f"key {entry.keyId} is already in {path} (one key, one person, one job)")
         if any(k.keyId == entry.keyId for k in Keyring(Workspace(args.workspace).keys_dir).trust_store().keys):
-            raise KeyStoreError("KEY-008", "keys", f"key {entry.keyId} is a runtime signing key: it can never author policies")
-        authority.authors.append(entry)
+            raise KeyStoreError("KEY-008", "keys", f"key {entry.keyId} is a runtime signing key: it can never author policies "
+                                                   "or approve overrides")
+        (authority.authors if author else authority.approvers).append(entry)
         authority.save(path)
-        print(f"author {args.name} key {entry.keyId} may sign {', '.join(args.policies)} ({path})")
+        print(f"author {args.name} key {entry.keyId} may sign {', '.join(args.policies)} ({path})" if author else
+              f"approver {args.name} key {entry.keyId} holds role(s) {', '.join(args.roles)} ({path})")
         return EXIT_OK
     if args.action == "revoke":
-        from .timestamps import format_ts, system_clock, time_bound
-
-        entry = authority.author(args.name or "")
-        if entry is None:
-            raise KeyStoreError("KEY-005", "keys", f"no author key {args.name!r} in {path}")
         try:
             at = time_bound(args.at) if args.at else format_ts(system_clock())
         except ValueError as exc:
             raise KeyStoreError("KEY-007", "keys", str(exc)) from None
-        authority.authors[authority.authors.index(entry)] = entry.model_copy(update={"revokedAt": at})
+        authority, entry = authority.revoked(args.name or "", at)
+        if entry is None:
+            raise KeyStoreError("KEY-005", "keys", f"no author or approver key {args.name!r} in {path}")
         authority.save(path)
-        print(f"author key {entry.keyId} ({entry.authorId}) revoked from {at}")
+        who = entry.authorId if isinstance(entry, AuthorEntry) else entry.approverId
+        print(f"{'author' if isinstance(entry, AuthorEntry) else 'approver'} key {entry.keyId} ({who}) revoked from {at}")
         return EXIT_OK
     if args.json:
         sys.stdout.write(authority.to_json())
     else:
         for a in authority.authors:
-            print(f"{a.authorId:<16} {a.keyId}  {', '.join(a.policyIds)}" + (f"  revoked {a.revokedAt}" if a.revokedAt else ""))
-        if not authority.authors:
-            print(f"no authors in {path}")
+            print(f"author   {a.authorId:<16} {a.keyId}  {', '.join(a.policyIds)}" + (f"  revoked {a.revokedAt}" if a.revokedAt else ""))
+        for a in authority.approvers:
+            print(f"approver {a.approverId:<16} {a.keyId}  {', '.join(a.roles)}" + (f"  revoked {a.revokedAt}" if a.revokedAt else ""))
+        if not authority.authors and not authority.approvers:
+            print(f"no authors or approvers in {path}")
     return EXIT_OK
 
 
@@ -471,10 +493,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     store = TrustStore.load(trust) if trust else TrustStore()
     checkpoint = _read_file(args.checkpoint, "CHECKPOINT_MALFORMED") if args.checkpoint else None  # once, for every archive
     authority = None
-    if args.authority:
+    authority_path = args.authority or Workspace(args.workspace).keys_dir / "authority.json"
+    if args.authority or authority_path.is_file():
         from .authority import Authority
 
-        authority = Authority.load(args.authority)
+        authority = Authority.load(authority_path)
     worst, outcomes = EXIT_OK, Counter()
     records: Counter = Counter()
     codes: Counter = Counter()
@@ -499,11 +522,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
             worst = max(worst, EXIT_FAILED)
         if args.json:
             for result in report.results():
+                extra = {"override": result.override} if result.override else {}
                 _line({"source": str(path), "line": result.line, "executionId": result.executionId, "status": result.status,
-                       "code": result.code, "checks": result.checks, "hint": result.hint})
+                       "code": result.code, "checks": result.checks, "hint": result.hint, **extra})
             _line({"archive": {"path": str(path), "status": s.status, "codes": s.archive_codes + [
                 c for c in s.codes if c != "VERIFIED"], "total": s.total, "verified": s.verified, "warnings": s.warnings,
-                "failed": s.failed, "trust": s.trust, "authorship": s.authorship}})
+                "failed": s.failed, "trust": s.trust, "authorship": s.authorship, "overrides": s.overrides}})
         else:
             print(archive_text(report))
     if args.json:
@@ -709,6 +733,142 @@ def cmd_log_witness_key(args: argparse.Namespace) -> int:
 
     print(witness_vkey(load_key_file(args.key), args.name))
     return EXIT_OK
+
+
+def _override_runtime(args: argparse.Namespace) -> Runtime:
+    from .runtime import Runtime
+
+    return Runtime(args.workspace, wait=args.wait, authority=args.authority)
+
+
+def _one_target(args: argparse.Namespace, what: str) -> str:
+    if len(args.targets) != 1:
+        raise OverrideError("OVR-001", f"overrides {args.action} takes one {what}")
+    return args.targets[0]
+
+
+def _write_envelope(envelope: dict[str, Any], out: Path | None) -> None:
+    _emit(canonicalize(envelope).decode("utf-8") + "\n", out)
+
+
+def _status_line(s: Any) -> dict[str, Any]:
+    return {"executionId": s.executionId, "state": s.state, "policyId": s.policyId, "policyVersion": s.policyVersion,
+            "ruleId": s.ruleId, "requestedBy": s.requestedBy, "openedAt": s.openedAt, "expiresAt": s.expiresAt,
+            "votes": {"approve": s.approvals, "reject": s.rejections}, "needed": s.needed}
+
+
+def cmd_overrides(args: argparse.Namespace) -> int:
+    if args.action == "sign":  # offline: no workspace, no runtime
+        from .overrides import describe_request, load_request, sign_resolution
+
+        missing = [f for f, v in (("--key", args.key), ("--approver-id", args.approver_id), ("--role", args.role),
+                                  ("--approve or --reject", args.decision), ("--reason", args.reason), ("--out", args.out)) if not v]
+        if missing:
+            raise OverrideError("OVR-001", f"overrides sign REQUEST_FILE needs {', '.join(missing)}")
+        request = load_request(Path(_one_target(args, "REQUEST_FILE")))
+        print(f"You are signing: {args.decision.upper()} as {args.approver_id} ({args.role})\n{describe_request(request)}",
+              file=sys.stderr)
+        envelope = sign_resolution(request, args.key, approver_id=args.approver_id, role=args.role, decision=args.decision,
+                                   reason=args.reason)
+        _write_envelope(envelope, args.out)
+        print(f"wrote {args.out}: hand it to the runtime (`parmana-lab overrides submit {args.out}`)", file=sys.stderr)
+        return EXIT_OK
+    if args.action == "submit":
+        return _overrides_submit(args)
+    with _override_runtime(args) as rt:
+        if args.action == "list":
+            statuses = rt.pending_overrides(include_resolved=args.all)
+            for s in statuses:
+                if args.json:
+                    _line(_status_line(s))
+                else:
+                    print(f"{s.state:<9} {s.executionId}  {s.policyId} {s.policyVersion} rule {s.ruleId}  requested by "
+                          f"{s.requestedBy or '-'}  open until {s.expiresAt}  approvals {len(s.approvals)}, rejections "
+                          f"{len(s.rejections)}: {s.needed}")
+            if args.json:
+                return _summary(EXIT_OK, **{k: sum(s.state == k for s in statuses) for k in ("pending", "approved", "rejected",
+                                                                                               "expired")})
+            if not statuses:
+                print("no pending override" + (" (and none resolved)" if args.all else ""))
+            return EXIT_OK
+        execution_id = _one_target(args, "EXECUTION_ID")
+        if args.action == "request":
+            _write_envelope(rt.override_request(execution_id), args.out)
+        elif args.action == "reopen":
+            try:
+                _write_envelope(rt.reopen_override(execution_id), args.out)
+            except OverrideError as exc:
+                print(f"parmana-lab: {exc}", file=sys.stderr)
+                return EXIT_FAILED
+        else:
+            trail = rt.override_trail(execution_id)
+            for r in trail.records:
+                if args.json:
+                    _line({"kind": r.kind, "hash": r.hash, "body": r.body})
+                else:
+                    print(_trail_text(r))
+            if not args.json:
+                print(f"state: {trail.state}")
+    return EXIT_OK
+
+
+def _trail_text(r: Any) -> str:
+    b = r.body
+    if r.kind == "request":
+        return f"request   {b['openedAt']}  opened until {b['expiresAt']} ({r.hash[:12]}…)"
+    if r.kind == "resolution":
+        return f"vote      {b['issuedAt']}  {b['decision']:<7} by {b['approverId']} as {b['approverRole']}: {b['reason']}"
+    return f"outcome   {b['issuedAt']}  {b['outcome']} ({len(b['resolutionHashes'])} vote(s) counted)"
+
+
+def _overrides_submit(args: argparse.Namespace) -> int:
+    from .dsse import EnvelopeError, parse_envelope
+
+    if not args.targets:
+        raise OverrideError("OVR-001", "overrides submit takes one or more resolution files")
+    worst, counts = EXIT_OK, Counter()
+    with _override_runtime(args) as rt:
+        for path in map(Path, args.targets):
+            try:
+                envelope = parse_envelope(_read_file(path, "OVR-001"))
+            except (EnvelopeError, ParmanaError) as exc:
+                worst, counts["unusable"] = max(worst, EXIT_UNUSABLE), counts["unusable"] + 1
+                reason = exc.reason if isinstance(exc, ParmanaError) else f"{path} is not a DSSE envelope: {exc}"
+                line = {"file": str(path), "executionId": None, "accepted": False, "code": "OVR-001", "reason": reason,
+                        "state": None, "votes": None, "needed": None}
+                _line(line) if args.json else print(f"parmana-lab: [OVR-001@override] {reason}", file=sys.stderr)
+                continue
+            try:
+                status, error = rt.submit_resolution(envelope), None
+            except OverrideError as exc:
+                error = exc
+                status = rt.override_status(_execution_of(envelope))
+            counts["accepted" if error is None else "refused"] += 1
+            if error is not None:
+                worst = max(worst, EXIT_FAILED)
+            line = {"file": str(path), "executionId": status.executionId if status else _execution_of(envelope),
+                    "accepted": error is None, "code": error.code if error else None,
+                    "reason": error.reason if error else "recorded", "state": status.state if status else None,
+                    "votes": {"approve": len(status.approvals), "reject": len(status.rejections)} if status else None,
+                    "needed": status.needed if status else None}
+            if args.json:
+                _line(line)
+            else:
+                print(f"{'ACCEPTED' if error is None else 'REFUSED '} {path}: " + (str(error) if error else
+                      f"{line['executionId']} {line['state']} ({line['needed']})"))
+    if args.json:
+        return _summary(worst, files=len(args.targets), **{k: counts.get(k, 0) for k in ("accepted", "refused", "unusable")})
+    return worst
+
+
+def _execution_of(envelope: dict[str, Any]) -> str | None:
+    from .dsse import EnvelopeError, open_envelope
+
+    try:
+        eid = open_envelope(envelope, envelope["payloadType"])[0].get("executionId")
+    except EnvelopeError:
+        return None
+    return eid if isinstance(eid, str) else None
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

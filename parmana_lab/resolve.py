@@ -111,7 +111,7 @@ def expire_due(rt: Runtime) -> int:
     with rt.db._lock:
         rows = rt.db.connection.execute(
             "SELECT envelope FROM override_records r WHERE kind = 'request' AND NOT EXISTS "
-            "(SELECT 1 FROM override_records o WHERE o.request_hash = r.hash AND o.kind <> 'request')").fetchall()
+            "(SELECT 1 FROM override_records o WHERE o.request_hash = r.hash AND o.kind = 'outcome')").fetchall()
     due = [r for r in (record_of(e) for (e,) in rows) if r.body["expiresAt"] <= now]
     if not due:
         return 0
@@ -159,6 +159,17 @@ def _own_pending(con, execution_id: Any) -> tuple:
         raise OverrideError("SYS-021", f"execution {execution_id} was imported from another runtime's archive: only the "
                                        "runtime that recorded it can resolve it")
     return tuple(rest)
+
+
+def status_of(rt: Runtime, execution_id: Any) -> OverrideStatus | None:
+    """Where one execution stands, or None when it is no pending execution of this runtime."""
+    with rt.db._lock:
+        try:
+            _own_pending(rt.db.connection, execution_id)
+        except OverrideError:
+            return None
+        records = _records(rt.db.connection, [execution_id])[execution_id]
+    return _status(execution_id, records) if records else None
 
 
 def request_for(rt: Runtime, execution_id: str) -> dict[str, Any]:

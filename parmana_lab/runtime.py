@@ -178,6 +178,10 @@ class Runtime:
         """Record an approver's signed vote (raises OverrideError with its code); signs the outcome when it decides."""
         return resolve.submit(self, envelope)
 
+    def override_status(self, execution_id: str) -> OverrideStatus | None:
+        """Where one execution stands (votes so far, what is needed); None if it is no pending execution here."""
+        return resolve.status_of(self, execution_id)
+
     def override_trail(self, execution_id: str) -> OverrideTrail:
         """Every request, vote and outcome of one execution, in the order recorded."""
         return resolve.trail(self, execution_id)

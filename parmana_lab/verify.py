@@ -52,6 +52,7 @@ from .archive import (
     require_attestations,
 )
 from .attestation import ExecutionAttestation, decode_signature, parse_attestation_line
+from .authority import Authority
 from .canonical import canonicalize, parse_json
 from .checks import (
     CHECK_INDEX,
@@ -77,6 +78,7 @@ from .checks import (
 from .errors import CanonicalizationError, KeyStoreError, ParmanaError
 from .keys import TrustStore
 from .merkle import MerkleBuilder, leaf_hash
+from .override_check import check_overrides
 from .policy import Policy
 from .progress import Progress, progress_bar
 
@@ -110,6 +112,7 @@ class VerificationResult(BaseModel):
     policyId: str | None = None
     policyVersion: str | None = None
     action: str | None = None
+    override: Literal["approved", "rejected", "expired", "pending"] | None = None  # pending_override lines, when checked
 
     @property
     def valid(self) -> bool:
@@ -171,7 +174,7 @@ def _mark(row: Row, check: str, status: int) -> Row:
     return (*row[:6], bytes(st), row[7])
 
 
-def _result(row: Row, *, with_line: bool = True) -> VerificationResult:
+def _result(row: Row, *, with_line: bool = True, override: str | None = None) -> VerificationResult:
     number, eid, pid, pver, action, _, statuses, findings = row
     checks = {name: STATUS_NAMES[s] for name, s in zip(CHECKS, statuses)}
     ordered = sorted(findings, key=lambda f: CODE_RANK[f[0]])
@@ -195,6 +198,7 @@ def _result(row: Row, *, with_line: bool = True) -> VerificationResult:
         policyId=pid,
         policyVersion=pver,
         action=action,
+        override=override,
     )
 
 
@@ -226,6 +230,8 @@ ARCHIVE_HINTS = {
     "FILE_HASH_MISMATCH": "a file differs from what the manifest lists (edited, added or removed)",
     "COUNT_MISMATCH": "attestations.jsonl has another number of lines than the manifest says",
     "MERKLE_ROOT_MISMATCH": "the attestation lines are not the ones exported: lines were deleted, inserted or reordered",
+    "OVERRIDES_MALFORMED": "lines of overrides.jsonl are not override records (DSSE envelopes of a request, resolution or "
+                           "outcome): the decision trails cannot be read whole",
 }
 
 
@@ -240,6 +246,7 @@ class ArchiveSummary(BaseModel):
     archive_codes: list[str]
     trust: str
     authorship: str = "authorship not checked"
+    overrides: dict[str, int] = {}  # pending_override lines by resolution, when the override check ran
 
 
 class RowTable:
@@ -259,6 +266,7 @@ class RowTable:
         self._statuses = bytearray()
         self._fps = bytearray()
         self.findings: dict[int, tuple] = {}  # 0-based row -> findings
+        self.override_states: dict[int, str] = {}  # 0-based row -> approved / rejected / expired / pending
 
     def __len__(self) -> int:
         return len(self._id_ends)
@@ -388,24 +396,25 @@ class ArchiveReport(BaseModel):
             archive_codes=archive_codes,
             trust=self.trust,
             authorship=self.authorship,
+            overrides=dict(sorted(Counter(self.table.override_states.values()).items())),
         )
 
+    def _verdict(self, i: int) -> VerificationResult:
+        return _result(self.table.row(i), override=self.table.override_states.get(i))
+
     def results(self) -> Iterator[VerificationResult]:
-        for row in self.table:
-            yield _result(row)
+        for i in range(len(self.table)):
+            yield self._verdict(i)
 
     def result(self, line: int) -> VerificationResult:
         """The verdict on one attestation line (numbered from 1)."""
         if not 1 <= line <= len(self.table):
             raise IndexError(f"line {line} is not in this archive (1..{len(self.table)})")
-        return _result(self.table.row(line - 1))
+        return self._verdict(line - 1)
 
     def failures(self) -> list[VerificationResult]:
         table = self.table
-        return [
-            _result(table.row(i)) for i in sorted(table.findings)
-            if any(f[0] != "RUNTIME_UNKNOWN" for f in table.findings[i])
-        ]
+        return [self._verdict(i) for i in sorted(table.findings) if any(f[0] != "RUNTIME_UNKNOWN" for f in table.findings[i])]
 
     def to_pandas(self) -> pd.DataFrame:
         """One row per attestation: ids, policy, decided action, every check, the reason code and hint."""
@@ -416,6 +425,7 @@ class ArchiveReport(BaseModel):
         data["status"] = ["verified" if c == "VERIFIED" else "warning" if c == "RUNTIME_UNKNOWN" else "failed" for c in codes]
         data["code"] = codes
         data["hint"] = [HINTS[c] for c in codes]
+        data["override"] = [self.table.override_states.get(i) for i in range(len(self.table))]
         return pd.DataFrame(data)
 
     def to_markdown(self) -> str:
@@ -548,7 +558,13 @@ def verify_tree(source: Path, root: Path, trust_store: TrustStore | str | Path |
         _check_history(root, store, checkpoint, len(table), checks)
     authorship = "authorship not checked"
     if authority is not None:
+        authority = authority if isinstance(authority, Authority) else Authority.load(authority)
         authorship = _check_authorship(root, table, authority, store)
+        unreadable, _ = check_overrides(root, table, authority, store)
+        if unreadable:
+            checks.append(_archive_check("OVERRIDES_MALFORMED", "one override record per line", f"{len(unreadable)} line(s) "
+                                         "are not", lines=", ".join(map(str, unreadable[:20])) + (" …" if len(unreadable) > 20
+                                                                                                    else "")))
     return ArchiveReport(source=str(source), trust=trust, archive_checks=checks, table=table, authorship=authorship)
 
 
@@ -556,13 +572,11 @@ _AUTHORSHIP_CODES = {"POL-030": "POLICY_UNSIGNED", "POL-032": "POLICY_SIGNATURE_
                      "POL-036": "POLICY_AUTHOR_UNAUTHORIZED"}
 
 
-def _check_authorship(root: Path, table: RowTable, authority: Any, store: TrustStore) -> str:
+def _check_authorship(root: Path, table: RowTable, authority: Authority, store: TrustStore) -> str:
     """Set each line's authorship check: its archived policy is a bundle signed by an author the verifier's
     authority file allowed, as of the decision (a key revoked later leaves earlier decisions standing)."""
-    from .authority import Authority
     from .bundles import verify_bundle
 
-    authority = authority if isinstance(authority, Authority) else Authority.load(authority)
     runtime_keys = frozenset(k.keyId for k in store.keys)
     static: dict[tuple[str, str], tuple] = {}  # per policy: (code, reason) or (None, manifest issuedAt, expiresAt, signers)
     width, at = len(CHECKS), CHECK_INDEX["authorship"]
