@@ -88,6 +88,20 @@ _EXPORTS = {
     "verify_archive": ".verify",
     "verify_attestation": ".verify",
     "verify_signature": ".attestation",
+    "Authority": ".authority",
+    "AuthorEntry": ".authority",
+    "ApproverEntry": ".authority",
+    "sign_bundle": ".bundles",
+    "verify_bundle": ".bundles",
+    "BundleVerdict": ".bundles",
+    "OverrideError": ".errors",
+    "OverrideRule": ".policy",
+    "OverrideRecord": ".overrides",
+    "OverrideStatus": ".overrides",
+    "OverrideTrail": ".overrides",
+    "sign_resolution": ".overrides",
+    "load_request": ".overrides",
+    "describe_request": ".overrides",
 }
 __all__ = [
     "ATTESTATION_TYPE",
@@ -161,6 +175,20 @@ __all__ = [
     "verify_archive",
     "verify_attestation",
     "verify_signature",
+    "Authority",
+    "AuthorEntry",
+    "ApproverEntry",
+    "sign_bundle",
+    "verify_bundle",
+    "BundleVerdict",
+    "OverrideError",
+    "OverrideRule",
+    "OverrideRecord",
+    "OverrideStatus",
+    "OverrideTrail",
+    "sign_resolution",
+    "load_request",
+    "describe_request",
 ]
 
 
@@ -181,12 +209,15 @@ if TYPE_CHECKING:
     from .archive import ArchiveError, ArchiveManifest, ExportResult, export_archive, open_archive
     from .attestation import ATTESTATION_TYPE, ExecutionAttestation, pae, signing_message, to_dsse, verify_signature
     from .audit import AuditDB
+    from .authority import ApproverEntry, AuthorEntry, Authority
+    from .bundles import BundleVerdict, sign_bundle, verify_bundle
     from .canonical import canonical_hash, canonicalize, parse_json
     from .errors import (
         AuditStoreError,
         CanonicalizationError,
         EvaluationError,
         KeyStoreError,
+        OverrideError,
         ParmanaError,
         PolicyError,
         ReplayError,
@@ -197,7 +228,8 @@ if TYPE_CHECKING:
     from .keys import Keyring, SigningKey, TrustedKey, TrustStore
     from .logverify import LogVerdict, verify_checkpoint, verify_consistency, verify_inclusion, verify_log_file
     from .notes import Checkpoint
-    from .policy import Policy, PolicyStore, load_policy_file, parse_policy
+    from .overrides import OverrideRecord, OverrideStatus, OverrideTrail, describe_request, load_request, sign_resolution
+    from .policy import OverrideRule, Policy, PolicyStore, load_policy_file, parse_policy
     from .proofs import ProofError
     from .provenance import (
         RUNTIME_VERSION,

@@ -18,6 +18,10 @@ _BADGE = {
     "verified": "#1a7f37",
     "warning": "#9a6700",
     "failed": "#cf222e",
+    "approved": "#1a7f37",
+    "rejected": "#cf222e",
+    "expired": "#57606a",
+    "pending": "#9a6700",
 }
 
 
@@ -112,3 +116,19 @@ def frame_html(df, max_rows: int = 200) -> str:
     """A DataFrame as a compact table, cut at ``max_rows`` with a note saying so."""
     more = f"<p>… {len(df) - max_rows} more rows</p>" if len(df) > max_rows else ""
     return f"<div style='max-height:320px;overflow:auto;font-size:12px'>{df.head(max_rows).to_html(index=False)}</div>{more}"
+
+
+def trail_html(trail: Any) -> str:
+    """An execution's decision trail, one row per record (request → votes → outcome)."""
+    rows: list[tuple[str, Any]] = []
+    for r in trail.records:
+        b = r.body
+        if r.kind == "request":
+            rows.append(("request", f"{b['openedAt']} → {b['expiresAt']}  {b['policyId']} {b['policyVersion']} rule {b['ruleId']}"))
+        elif r.kind == "resolution":
+            rows.append(("vote", Html(f"{badge(b['decision'])} {escape(b['approverId'])} ({escape(b['approverRole'])}) "
+                                      f"{escape(b['issuedAt'])}: {escape(b['reason'])}")))
+        else:
+            rows.append(("outcome", Html(f"{badge(b['outcome'])} {escape(b['issuedAt'])}, "
+                                         f"{len(b['resolutionHashes'])} vote(s) counted")))
+    return table(rows, f"{trail.executionId}: {trail.state}")

@@ -117,6 +117,11 @@ class Runtime:
     # -- public API ------------------------------------------------------------------------
 
     @property
+    def clock(self) -> Clock:
+        """The runtime's clock (what a vote signed beside it should be stamped with, e.g. in the override panel)."""
+        return self._clock
+
+    @property
     def signer_key_id(self) -> str:
         return self._key.key_id
 

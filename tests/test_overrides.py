@@ -281,3 +281,25 @@ def test_two_processes_with_the_deciding_votes_give_one_outcome(desk, clock, tmp
         kinds = rt.db.sql("SELECT kind, count(*) AS n FROM override_records GROUP BY kind ORDER BY kind")
         assert kinds.to_dict("records") == [{"kind": "outcome", "n": 1}, {"kind": "request", "n": 1},
                                             {"kind": "resolution", "n": 2}]
+
+
+def test_the_override_panel_shows_the_request_signs_with_a_key_file_and_submits(desk, rt, clock):
+    from parmana_lab.widgets import OverridePanel
+
+    att = rt.execute(payment())
+    panel = OverridePanel(rt)
+    assert panel.queue.value == att.executionId and "second-approver" in panel.request.value
+    assert panel.role.options == ("finance",) and "request" in panel.trail.value
+    panel.approver_id.value = "carol"
+    panel.key_file.value = str(desk.key_file("carol"))
+    panel.reason.value = "mine"
+    panel.submit()
+    assert panel.error is not None and panel.error.code == "OVR-004"  # a refusal is shown, not raised
+    for who in ("alice", "bob"):
+        panel.approver_id.value, panel.key_file.value, panel.reason.value = who, str(desk.key_file(who)), "invoice matched"
+        panel.submit()
+        assert panel.error is None
+    assert panel.last.state == "approved" and panel.queue.options == ()  # the queue holds pending ones only
+    panel.show_all.value = True
+    assert panel.queue.value == att.executionId and "approved" in panel.trail.value
+    assert "PRIVATE" not in panel.request.value + panel.trail.value + repr(panel)
