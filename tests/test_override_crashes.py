@@ -31,7 +31,7 @@ def check_store(ws, printed: list[str]) -> int:
         rows = rt.db.sql("SELECT kind, hash, executionId, request_hash, envelope FROM override_records ORDER BY seq")
         states = dict(rt.db.connection.execute("SELECT executionId, state FROM replay").fetchall())
     votes, outcomes = defaultdict(set), defaultdict(list)
-    for kind, h, eid, request_hash, envelope in rows.itertuples(index=False):
+    for kind, h, _eid, request_hash, envelope in rows.itertuples(index=False):
         record = record_of(envelope)
         assert record.kind == kind and record.hash == h == envelope_hash(record.envelope)
         if kind == "resolution":
