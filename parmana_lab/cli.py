@@ -627,11 +627,14 @@ def cmd_audit_reproduce(args: argparse.Namespace) -> int:
     if args.json:
         for row in report.rows:
             _line({"source": str(args.source), "line": row["line"], "executionId": row["executionId"], "status": row["status"],
-                   "changed": row["changed"], "diff": row["diff"], "why": row["why"], "unverified": row["unverified"]})
+                   "changed": row["changed"], "diff": row["diff"], "why": row["why"], "unverified": row["unverified"],
+                   **({"attested": row["attested"], "override": row["override"]} if row["override"] else {})})
         return _summary(code, **s.model_dump(exclude={"source"}), source=str(args.source))
     print(f"{s.source}: " + ", ".join(f"{k} {v}" for k, v in s.statuses.items())
           + f"; from another runtime {s.other_runtime}, from another evaluator build {s.other_evaluator}"
           + (f"; {s.unverified} imported unverified" if s.unverified else ""))
+    if s.overrides:
+        print("  overrides as recorded: " + ", ".join(f"{k} {n}" for k, n in s.overrides.items()))
     for row in report.rows:
         if row["status"] != "MATCH":
             change = (f"{row['attested']} -> {row['now']} (changed: {', '.join(row['changed'])})"

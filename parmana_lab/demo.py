@@ -71,7 +71,7 @@ def run_demo(
         raise RequestError("VAL-001", "validate", f"no request files (*.json) in {request_dir}")
     if root.exists():
         shutil.rmtree(root)
-    signed, authority = _signed_copies(root, policy_dir)
+    signed, authority, approvers = _signed_copies(root, policy_dir)
     with Runtime(root, policies=signed, authority=authority) as rt:
         info = rt.info()
         echo(f"parmana_lab demo — workspace {root}")
@@ -105,6 +105,7 @@ def run_demo(
         echo("  decisions: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.actions.items())))
         echo("  states:    " + ", ".join(f"{k} {v}" for k, v in sorted(summary.states.items())))
         echo("  refusals:  " + ", ".join(f"{k} {v}" for k, v in sorted(summary.refusal_codes.items())))
+        _resolve_overrides(rt, approvers, echo)
         table = rt.db.sql(
             "SELECT policyId, policyVersion, decision_action AS action, count(*) AS n "
             "FROM attestations GROUP BY ALL ORDER BY ALL"
@@ -142,9 +143,12 @@ def run_demo(
     return summary.model_copy(update={"archive": exported.path, "archive_status": report.status})
 
 
-def _signed_copies(root: Path, policy_dir: Path) -> tuple[Path, Path]:
-    """A demo author: a personal key, an authority file naming it, and signed copies of the sample policies."""
-    from .authority import AuthorEntry, Authority
+DEMO_APPROVERS = {"fin-ana": ["finance"], "fin-ben": ["finance"], "fin-cai": ["finance"], "uw-uma": ["underwriter"]}
+
+
+def _signed_copies(root: Path, policy_dir: Path) -> tuple[Path, Path, Path]:
+    """A demo author and approvers: personal keys, an authority file naming them, signed copies of the sample policies."""
+    from .authority import ApproverEntry, AuthorEntry, Authority
     from .bundles import sign_bundle
     from .keys import new_key_file
     from .timestamps import format_ts, system_clock
@@ -152,12 +156,50 @@ def _signed_copies(root: Path, policy_dir: Path) -> tuple[Path, Path]:
     signed = root / "policies"
     shutil.copytree(policy_dir, signed, ignore=shutil.ignore_patterns("bundle.*"))
     key = new_key_file(root / "authors" / "demo-author.pem")
+    since = format_ts(system_clock())
+    people = {name: new_key_file(root / "approvers" / f"{name}.pem") for name in DEMO_APPROVERS}
     authority = Authority(authors=[AuthorEntry(authorId="demo-author", keyId=key.key_id, publicKey=key.public_key_pem(),
-                                               policyIds=["*"], notBefore=format_ts(system_clock()))])
+                                               policyIds=["*"], notBefore=since)],
+                          approvers=[ApproverEntry(approverId=name, roles=DEMO_APPROVERS[name], keyId=k.key_id,
+                                                   publicKey=k.public_key_pem(), notBefore=since) for name, k in people.items()])
     authority.save(root / "authority.json")
     for folder in sorted(signed.glob("*/*/policy.json"), key=lambda f: (f.parent.parent.name, _semver(f.parent.name))):
         sign_bundle(folder.parent, key, "demo-author")
-    return signed, root / "authority.json"
+    return signed, root / "authority.json", root / "approvers"
+
+
+def _resolve_overrides(rt: Runtime, approvers: Path, echo: Printer) -> None:
+    """Pending executions decided by approvers' own keys (signed here, as they would sign on their own machines)."""
+    from .overrides import sign_resolution
+
+    echo("\nOverrides: approvers sign with their own keys; the runtime records votes and signs the outcome")
+    payment = {"policyId": "vendor-payment", "policyVersion": "1.1.0", "requestedBy": "fin-ben",
+               "signals": {"amount_cents": 4_200_000, "vendor_status": "approved", "invoice_matched": True, "currency": "EUR"}}
+    loan = {"policyId": "loan-approval", "policyVersion": "1.2.0",
+            "signals": {"credit_score": 640, "loan_amount": 1_800_000, "employed": False}}
+    paid, lent = rt.execute(payment), rt.execute(loan)
+    plan = [(paid, "fin-ben", "finance", "approve", "my own request"), (paid, "fin-ana", "finance", "approve", "PO 4471 matched"),
+            (paid, "fin-cai", "finance", "approve", "vendor bank details confirmed by phone"),
+            (lent, "uw-uma", "underwriter", "reject", "no income to cover the instalments")]
+    for att, who, role, decision, reason in plan:
+        vote = sign_resolution(rt.override_request(att.executionId), approvers / f"{who}.pem", approver_id=who, role=role,
+                               decision=decision, reason=reason, clock=rt.clock)
+        try:
+            status = rt.submit_resolution(vote)
+            echo(f"  {who:<8} {decision:<7} {att.policyId} {att.executionId[:8]}…  -> {status.state}: {status.needed}")
+        except ParmanaError as exc:
+            echo(f"  {who:<8} {decision:<7} {att.policyId} {att.executionId[:8]}…  REFUSED {exc}")
+    pending = rt.pending_overrides()
+    waiting = [s for s in pending if s.policyVersion != "1.1.0" or s.policyId != "vendor-payment"]
+    echo(f"  {len(pending)} execution(s) still pending; {sum('no override block' in s.needed for s in waiting)} of them under "
+         "policy versions that author no override block (nobody may resolve them)")
+    echo(f"  trail of the payment ({paid.executionId[:8]}…): request -> two distinct finance votes -> outcome")
+    for record in rt.override_trail(paid.executionId).records:
+        b = record.body
+        text = {"request": lambda: f"request opened {b['openedAt']}, open until {b['expiresAt']}",
+                "resolution": lambda: f"vote {b['decision']} by {b['approverId']} ({b['approverRole']}): {b['reason']}",
+                "outcome": lambda: f"outcome {b['outcome']}, {len(b['resolutionHashes'])} vote(s) counted"}[record.kind]()
+        echo(f"    {record.kind:<10} {text}")
 
 
 def _semver(version: str) -> tuple:

@@ -80,6 +80,9 @@ def archive_text(report: ArchiveReport, max_failures: int = 20) -> str:
         f"  trust: {s.trust}; {s.authorship}",
         "  codes: " + (", ".join(f"{c} {n}" for c, n in s.codes.items()) or "none (empty archive)"),
     ]
+    if s.overrides:
+        lines.append("  overrides (decision trails checked against the authority file): "
+                     + ", ".join(f"{k} {n}" for k, n in s.overrides.items()))
     for c in report.archive_checks:
         lines.append(f"  archive {c.code}: expected {c.expected}, observed {c.observed}" + (f" [{c.lines}]" if c.lines else ""))
     failures = report.failures()

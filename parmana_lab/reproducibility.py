@@ -20,7 +20,7 @@ import orjson
 import pandas as pd
 from pydantic import BaseModel
 
-from .archive import MANIFEST, SIGNALS, ArchiveError, iter_lines, open_archive, require_attestations, signals_line
+from .archive import MANIFEST, OVERRIDES, SIGNALS, ArchiveError, iter_lines, open_archive, require_attestations, signals_line
 from .attestation import parse_attestation_line
 from .audit import is_duckdb_file, open_in_process, reading, source_name
 from .canonical import canonicalize, fingerprint_payload, parse_json
@@ -47,6 +47,7 @@ class ReproSummary(BaseModel):
     other_evaluator: int
     unverified: int
     what_if: dict[str, str]
+    overrides: dict[str, int] = {}  # pending_override executions by their recorded resolution
 
     @property
     def all_match(self) -> bool:
@@ -74,12 +75,13 @@ class ReproReport:
             other_evaluator=sum(r["other_evaluator"] for r in self.rows),
             unverified=sum(r["unverified"] for r in self.rows),
             what_if=self.what_if,
+            overrides=dict(sorted(Counter(r["override"] for r in self.rows if r["override"]).items())),
         )
 
     def to_pandas(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows, columns=["line", "executionId", "policyId", "policyVersion", "replayedWith", "status",
                                                 "attested", "now", "changed", "diff", "why", "other_runtime", "other_evaluator",
-                                                "unverified"])
+                                                "unverified", "override"])
 
     def changes(self) -> pd.DataFrame:
         """Only the executions whose decision differs (the what-if table)."""
@@ -142,11 +144,13 @@ def reproduce(
     here = (runtime_hash(runtime_manifest()), evaluator_artifact_hash())
     name = source_name(source)
     rows: list[dict[str, Any]] = []
-    with _records(source) as (records, archived, total), progress_bar(progress, total, f"reproduce {Path(name).name}",
+    with _records(source) as (records, archived, total, overrides), progress_bar(progress, total, f"reproduce {Path(name).name}",
                                                                       "exec") as bar:
         for line_no, line, signals_line, unverified in records:
             row = _replay_one(line_no, line, signals_line, archived, what_if, store, evaluator, here)
             row["unverified"] = unverified
+            if row.pop("pending", False):  # an override: reported with the decision that required it
+                row["override"] = overrides.get(row["executionId"], "pending")
             rows.append(row)
             if len(rows) % PROGRESS_STEP == 0:
                 bar.update(PROGRESS_STEP)
@@ -164,9 +168,10 @@ def _replay_one(line_no, line, signals_line, archived, what_if, store, evaluator
                            "policyId": att["policyId"] if att else None, "policyVersion": att["policyVersion"] if att else None,
                            "replayedWith": None, "attested": None, "now": None, "changed": None, "diff": None, "why": None,
                            "other_runtime": bool(att and att["runtimeHash"] != here[0]),
-                           "other_evaluator": bool(att and att["evaluatorArtifactHash"] != here[1])}
+                           "other_evaluator": bool(att and att["evaluatorArtifactHash"] != here[1]), "override": None}
     if att is None:
         return {**row, "status": "NOT_REPLAYABLE", "why": f"malformed record: {problem}"}
+    row["override"], row["pending"] = None, att["execution_state"] == "pending_override"
     signals, why = _signals(signals_line, att["executionId"])
     if signals is None:
         return {**row, "status": "NOT_REPLAYABLE", "why": why}
@@ -241,6 +246,7 @@ def _records(source: Any) -> Iterator[tuple[Iterator[tuple[int, bytes, bytes | N
             policies = {(p, v): policy_entry(doc, (p, v))
                         for p, v, doc in con.execute("SELECT policyId, policyVersion, document FROM policies").fetchall()}
             total = con.execute("SELECT count(*) FROM attestations").fetchall()[0][0]  # before the streaming query
+            overrides = _override_states(con)
             status = "a.import_status = 'unverified'" if _has_status(con) else "false"
             cur = con.execute(
                 f"SELECT a.seq, a.canonical, s.signals, a.executionId, {status} FROM attestations a LEFT JOIN "
@@ -252,7 +258,7 @@ def _records(source: Any) -> Iterator[tuple[Iterator[tuple[int, bytes, bytes | N
                     for seq, canonical, sig, eid, unverified in batch:
                         yield seq, canonical.encode("utf-8"), signals_line(eid, sig) if sig else None, bool(unverified)
 
-            yield rows(), policies, total
+            yield rows(), policies, total, overrides
         return
     with open_archive(source) as root:
         lines_path = require_attestations(root, source)
@@ -262,7 +268,20 @@ def _records(source: Any) -> Iterator[tuple[Iterator[tuple[int, bytes, bytes | N
             for number, line in enumerate(iter_lines(lines_path), start=1):
                 yield number, line, aligner.for_line(line) if aligner else None, False
 
-        yield lines(), load_archive_policies(root), _manifest_count(root)
+        from .override_check import read_records
+
+        trails, _ = read_records(root) if (root / OVERRIDES).is_file() else ({}, [])
+        states = {eid: records[-1].body["outcome"] if records[-1].kind == "outcome" else "pending"
+                  for eid, records in trails.items()}
+        yield lines(), load_archive_policies(root), _manifest_count(root), states
+
+
+def _override_states(con) -> dict[str, str]:
+    """Each execution's override state as recorded (its last record: an outcome, else still pending)."""
+    if not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'override_records'").fetchall()[0][0]:
+        return {}
+    return dict(con.execute("SELECT executionId, CASE WHEN arg_max(kind, seq) = 'outcome' THEN arg_max(decision, seq) "
+                            "ELSE 'pending' END FROM override_records GROUP BY executionId").fetchall())
 
 
 def _has_status(con) -> bool:

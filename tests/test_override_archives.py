@@ -13,6 +13,7 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from parmana_lab import Runtime, verify_archive
@@ -197,3 +198,17 @@ def test_an_outcome_with_a_broken_signature_and_an_unreadable_line(trails, tmp_p
     reseal(copy, key)
     report = verify_archive(copy, store, progress=False, authority=desk.authority_path)
     assert report.summary.archive_codes == ["OVERRIDES_MALFORMED"] and report.status == "failed"
+
+
+def test_reproduce_reports_overrides_with_the_decision_that_required_them(trails):
+    from parmana_lab import reproduce
+
+    _, archive, _, _, ids, _ = trails
+    report = reproduce(archive)
+    df = report.to_pandas().set_index("executionId")
+    assert df.loc[ids["approved"], "override"] == "approved" and pd.isna(df.loc[ids["completed"], "override"])
+    assert df.loc[ids["approved"], "attested"] == "hold by second-approver (pending_override)"
+    assert report.summary.overrides == {"approved": 1, "expired": 1, "pending": 1, "rejected": 1}
+    assert report.summary.all_match
+    with_db = reproduce(archive.parent / "ws" / "audit.duckdb").summary.overrides
+    assert with_db == report.summary.overrides
