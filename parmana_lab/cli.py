@@ -804,24 +804,17 @@ def cmd_overrides(args: argparse.Namespace) -> int:
                 print(f"parmana-lab: {exc}", file=sys.stderr)
                 return EXIT_FAILED
         else:
+            from .overrides import record_line
+
             trail = rt.override_trail(execution_id)
             for r in trail.records:
                 if args.json:
                     _line({"kind": r.kind, "hash": r.hash, "body": r.body})
                 else:
-                    print(_trail_text(r))
+                    print(record_line(r))
             if not args.json:
                 print(f"state: {trail.state}")
     return EXIT_OK
-
-
-def _trail_text(r: Any) -> str:
-    b = r.body
-    if r.kind == "request":
-        return f"request   {b['openedAt']}  opened until {b['expiresAt']} ({r.hash[:12]}…)"
-    if r.kind == "resolution":
-        return f"vote      {b['issuedAt']}  {b['decision']:<7} by {b['approverId']} as {b['approverRole']}: {b['reason']}"
-    return f"outcome   {b['issuedAt']}  {b['outcome']} ({len(b['resolutionHashes'])} vote(s) counted)"
 
 
 def _overrides_submit(args: argparse.Namespace) -> int:

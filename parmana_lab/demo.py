@@ -170,7 +170,7 @@ def _signed_copies(root: Path, policy_dir: Path) -> tuple[Path, Path, Path]:
 
 def _resolve_overrides(rt: Runtime, approvers: Path, echo: Printer) -> None:
     """Pending executions decided by approvers' own keys (signed here, as they would sign on their own machines)."""
-    from .overrides import sign_resolution
+    from .overrides import record_line, sign_resolution
 
     echo("\nOverrides: approvers sign with their own keys; the runtime records votes and signs the outcome")
     payment = {"policyId": "vendor-payment", "policyVersion": "1.1.0", "requestedBy": "fin-ben",
@@ -195,11 +195,7 @@ def _resolve_overrides(rt: Runtime, approvers: Path, echo: Printer) -> None:
          "policy versions that author no override block (nobody may resolve them)")
     echo(f"  trail of the payment ({paid.executionId[:8]}…): request -> two distinct finance votes -> outcome")
     for record in rt.override_trail(paid.executionId).records:
-        b = record.body
-        text = {"request": lambda: f"request opened {b['openedAt']}, open until {b['expiresAt']}",
-                "resolution": lambda: f"vote {b['decision']} by {b['approverId']} ({b['approverRole']}): {b['reason']}",
-                "outcome": lambda: f"outcome {b['outcome']}, {len(b['resolutionHashes'])} vote(s) counted"}[record.kind]()
-        echo(f"    {record.kind:<10} {text}")
+        echo(f"    {record_line(record)}")
 
 
 def _semver(version: str) -> tuple:

@@ -169,6 +169,16 @@ def describe_request(record: OverrideRecord) -> str:
             f"; request {record.hash[:16]}…")
 
 
+def record_line(record: OverrideRecord) -> str:
+    """One line of a decision trail, for terminals (the CLI's `overrides trail`, the demo)."""
+    b = record.body
+    if record.kind == "request":
+        return f"request   {b['openedAt']}  open until {b['expiresAt']}, requested by {b['requestedBy'] or '-'}"
+    if record.kind == "resolution":
+        return f"vote      {b['issuedAt']}  {b['decision']:<7} by {b['approverId']} as {b['approverRole']}: {b['reason']}"
+    return f"outcome   {b['issuedAt']}  {b['outcome']} ({len(b['resolutionHashes'])} vote(s) counted)"
+
+
 def _resolution_shape(body: dict[str, Any]) -> str | None:
     if set(body) != set(RESOLUTION_FIELDS):
         return f"a resolution body is exactly {{{', '.join(RESOLUTION_FIELDS)}}}"
