@@ -45,9 +45,21 @@ def _records(con, execution_ids: list[str] | None = None) -> dict[str, list[Over
     """Stored override records per executionId, in the order recorded."""
     where, params = ("", []) if execution_ids is None else ("WHERE executionId IN (SELECT unnest(?))", [execution_ids])
     out: dict[str, list[OverrideRecord]] = defaultdict(list)
-    for eid, envelope in con.execute(f"SELECT executionId, envelope FROM override_records {where} ORDER BY seq", params).fetchall():
-        out[eid].append(record_of(envelope))
+    for eid, seq, envelope in con.execute(f"SELECT executionId, seq, envelope FROM override_records {where} ORDER BY seq",
+                                          params).fetchall():
+        try:
+            out[eid].append(record_of(envelope))
+        except EnvelopeError as exc:
+            raise OverrideError("SYS-024", f"override record {seq} of {eid} in the audit DB cannot be read ({exc}): the store "
+                                           "cannot do override transitions until it is repaired") from None
     return out
+
+
+def _stored(envelope: str) -> OverrideRecord:
+    try:
+        return record_of(envelope)
+    except EnvelopeError as exc:
+        raise OverrideError("SYS-024", f"an override request in the audit DB cannot be read ({exc})") from None
 
 
 def _current(records: list[OverrideRecord]) -> tuple[OverrideRecord | None, list[OverrideRecord], OverrideRecord | None]:
@@ -112,7 +124,7 @@ def expire_due(rt: Runtime) -> int:
         rows = rt.db.connection.execute(
             "SELECT envelope FROM override_records r WHERE kind = 'request' AND NOT EXISTS "
             "(SELECT 1 FROM override_records o WHERE o.request_hash = r.hash AND o.kind = 'outcome')").fetchall()
-    due = [r for r in (record_of(e) for (e,) in rows) if r.body["expiresAt"] <= now]
+    due = [r for r in (_stored(e) for (e,) in rows) if r.body["expiresAt"] <= now]
     if not due:
         return 0
     with rt.db.transaction() as con:

@@ -425,7 +425,7 @@ class ArchiveReport(BaseModel):
         data["status"] = ["verified" if c == "VERIFIED" else "warning" if c == "RUNTIME_UNKNOWN" else "failed" for c in codes]
         data["code"] = codes
         data["hint"] = [HINTS[c] for c in codes]
-        data["override"] = [self.table.override_states.get(i) for i in range(len(self.table))]
+        data["override_state"] = [self.table.override_states.get(i) for i in range(len(self.table))]  # beside the check
         return pd.DataFrame(data)
 
     def to_markdown(self) -> str:

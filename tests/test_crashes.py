@@ -26,6 +26,7 @@ from .crash_child import REPLAY_POOL, request_for
 REPO = Path(__file__).resolve().parent.parent
 KILLS = int(os.environ.get("PARMANA_KILLS", "50"))
 SEGMENT = 25
+RECORDED = ("CONFIRMED", "PENDING_OVERRIDE")  # the states transaction 2 leaves (a pending_override execution awaits votes)
 
 
 class CheckerClock:
@@ -97,14 +98,14 @@ def check_after_kill(ws: Path, policies: Path, cycle: int, received: dict[str, s
         assert missing == [], f"attestations handed back but not in the audit DB: {missing[:3]}"
         assert rows["execution_fingerprint"].is_unique, "a fingerprint was confirmed twice"
         replay = rt.db.sql("SELECT execution_fingerprint, state FROM replay")
-        confirmed = set(replay.loc[replay["state"] == "CONFIRMED", "execution_fingerprint"])
+        confirmed = set(replay.loc[replay["state"].isin(RECORDED), "execution_fingerprint"])
         assert confirmed == set(rows["execution_fingerprint"]), "replay store and attestations disagree"
         signals = rt.db.sql("SELECT count(*) AS n FROM signals")["n"][0]
         assert signals == len(rows), "an attestation without its signals (or the reverse): half-written"
         checkpoint = rt.log.checkpoint()  # the log's leaves and subtree hashes were written with the records
         assert checkpoint.size == len(rows) and checkpoint.root.hex() == merkle_root(
             line.encode() for line in rt.db.sql("SELECT canonical FROM attestations ORDER BY log_index")["canonical"])
-        leftovers = set(replay.loc[replay["state"] != "CONFIRMED", "execution_fingerprint"])
+        leftovers = set(replay.loc[~replay["state"].isin(RECORDED), "execution_fingerprint"])
         if leftovers:
             stats["kills that left reservations"] += 1
             stats["reservations retried"] += len(leftovers)

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
-WIDGETS = ("ExecutionForm", "VerificationDashboard", "ReproducibilityPanel", "ReplayExplorer", "AttestationInspector")
+WIDGETS = ("ExecutionForm", "VerificationDashboard", "ReproducibilityPanel", "ReplayExplorer", "AttestationInspector",
+           "OverridePanel")
 
 
-def test_the_five_notebooks_are_there():
-    assert [p.name[:3] for p in NOTEBOOKS] == ["01_", "02_", "03_", "04_", "05_"]
+def test_the_six_notebooks_are_there():
+    assert [p.name[:3] for p in NOTEBOOKS] == ["01_", "02_", "03_", "04_", "05_", "06_"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

@@ -109,7 +109,7 @@ def test_an_archive_with_decision_trails_verifies_and_reports_each_resolution(tr
     states = {r.executionId: r.override for r in report.results()}
     assert states == {ids["approved"]: "approved", ids["rejected"]: "rejected", ids["pending"]: "pending",
                       ids["expired"]: "expired", ids["completed"]: None}
-    assert set(report.to_pandas()["override"].dropna()) == {"approved", "rejected", "pending", "expired"}
+    assert set(report.to_pandas()["override_state"].dropna()) == {"approved", "rejected", "pending", "expired"}
     without = verify_archive(archive, store, progress=False)  # no authority file: approvers cannot be checked
     assert {r.checks["override"] for r in without.results()} == {"not_checkable"} and without.summary.overrides == {}
 

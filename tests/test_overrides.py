@@ -303,3 +303,13 @@ def test_the_override_panel_shows_the_request_signs_with_a_key_file_and_submits(
     panel.show_all.value = True
     assert panel.queue.value == att.executionId and "approved" in panel.trail.value
     assert "PRIVATE" not in panel.request.value + panel.trail.value + repr(panel)
+
+
+def test_a_damaged_override_store_is_sys_024_not_a_traceback(desk, rt):
+    att = rt.execute(payment())
+    request = rt.override_request(att.executionId)
+    rt.db.connection.execute("UPDATE override_records SET envelope = '{\"garbled\": true}'")
+    assert refused(rt, vote(desk, request, "alice")).code == "SYS-024"
+    with pytest.raises(OverrideError) as info:
+        rt.pending_overrides()
+    assert info.value.code == "SYS-024"

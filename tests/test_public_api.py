@@ -22,5 +22,5 @@ def test_all_and_the_lazy_table_agree():
     assert set(parmana_lab.__all__) == set(parmana_lab._EXPORTS) | {"evaluate"}
     from parmana_lab import widgets
 
-    assert sorted(widgets.__all__) == ["AttestationInspector", "ExecutionForm", "ReplayExplorer", "ReproducibilityPanel",
-                                       "VerificationDashboard"]
+    assert sorted(widgets.__all__) == ["AttestationInspector", "ExecutionForm", "OverridePanel", "ReplayExplorer",
+                                       "ReproducibilityPanel", "VerificationDashboard"]

@@ -114,7 +114,9 @@ def test_cli_audit_reproduce(tmp_path, policy_dir, clock):
     what_if = run(db, "--json", "--policy-version", "loan-approval=1.1.0", "--policies", policy_dir)
     assert what_if.returncode == 1
     first = json.loads(what_if.stdout.splitlines()[0])
-    assert set(first) == {"source", "line", "executionId", "status", "changed", "diff", "why", "unverified"}
+    assert set(first) == {"source", "line", "executionId", "status", "changed", "diff", "why", "unverified", "attested",
+                          "override"}  # a pending_override execution: its override state, with the decision that required it
+    assert first["override"] == "pending" and first["attested"].startswith("manual_review")
     assert first["status"] == "DIVERGED" and first["diff"]["action"] == ["manual_review", "approve"]
     assert set(first["changed"]) == set(first["diff"]) and "action" in first["changed"]
     assert run(archive, "--policy-version", "nonsense").returncode == 2

@@ -47,8 +47,8 @@ def test_clean_archive_of_every_sample_policy_verifies(exported):
     assert set(df["policyId"]) == {"loan-approval", "claims-approval", "vendor-payment", "access-request"}
     assert report.status == "verified" and report.archive_checks == []
     assert set(df["code"]) == {"VERIFIED"}
-    assert all((df[c] == "verified").all() for c in CHECKS if c != "authorship")
-    assert (df["authorship"] == "not_checkable").all() and report.summary.authorship == "authorship not checked"
+    assert all((df[c] == "verified").all() for c in CHECKS if c not in ("authorship", "override"))
+    assert (df["authorship"] == "not_checkable").all() and (df["override"] == "not_checkable").all() and report.summary.authorship == "authorship not checked"
     assert report.summary.verified == 15 and report.failures() == []
 
 
@@ -330,7 +330,7 @@ def test_verify_attestation_api(runtime):
     policy = runtime.policies.get("claims-approval", "1.0.0")
     result = verify_attestation(att, store, signals=claims_request()["signals"], policy=policy)
     assert result.status == "verified" and set(result.checks.values()) == {"verified", "not_checkable"}
-    assert [c for c, v in result.checks.items() if v != "verified"] == ["authorship"]  # needs an authority file and a bundle
+    assert [c for c, v in result.checks.items() if v != "verified"] == ["authorship", "override"]  # need an authority file
     bare = verify_attestation(att, store)
     assert bare.status == "verified" and bare.checks["decision"] == "not_checkable"
     tampered = att.model_dump()
