@@ -607,15 +607,13 @@ def confirm(db: AuditDB, templates: list[dict[str, Any]], rows: list[tuple], *, 
             con.execute("INSERT INTO log_nodes SELECT level, end_leaf, hash FROM new_nodes")
             con.execute("INSERT INTO signals SELECT executionId, signals FROM new_rows")
             con.execute(
-                "UPDATE replay SET state = 'CONFIRMED', expires_at = NULL, updated_at = ? "
-                "FROM new_rows WHERE replay.execution_fingerprint = new_rows.execution_fingerprint",
+                "UPDATE replay SET state = CASE WHEN t.execution_state = 'pending_override' THEN 'PENDING_OVERRIDE' "
+                "ELSE 'CONFIRMED' END, expires_at = NULL, updated_at = ? "
+                "FROM new_rows n JOIN templates t USING (tpl) WHERE replay.execution_fingerprint = n.execution_fingerprint",
                 [at],
             )
         if requests:
             insert_override_records(con, [("request", h, eid, h, None, None, h, envelope) for eid, h, envelope in requests], at)
-            with Registered(con, opened={"executionId": column([r[0] for r in requests])}):
-                con.execute("UPDATE replay SET state = 'PENDING_OVERRIDE' FROM opened WHERE replay.executionId = opened.executionId",
-                            )
         _insert_refusals(con, list(refusals))
 
 

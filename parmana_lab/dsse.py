@@ -34,6 +34,15 @@ def seal_envelope(payload_type: str, body: dict[str, Any], key: SigningKey) -> d
             "signatures": [{"keyid": key.key_id, "sig": base64.b64encode(sig).decode("ascii")}]}
 
 
+def seal_payload(payload_type: str, payload: bytes, key: SigningKey) -> bytes:
+    """JCS of the envelope seal_envelope would make for a payload already in JCS form, written directly: every
+    member is ASCII without escapes (base64, the kit's payload types, hex keyids), so this is its canonical form
+    (tests hold it to canonicalize(seal_envelope(...)))."""
+    sig = base64.b64encode(key.sign(pae(payload_type, payload)))
+    return b'{"payload":"%s","payloadType":"%s","signatures":[{"keyid":"%s","sig":"%s"}]}' % (
+        base64.b64encode(payload), payload_type.encode("ascii"), key.key_id.encode("ascii"), sig)
+
+
 def envelope_hash(envelope: dict[str, Any]) -> str:
     """How other records name an envelope: sha256 hex of JCS(envelope)."""
     return sha256_hex(canonicalize(envelope))

@@ -25,14 +25,14 @@ from .audit import AuditDB, first_line, storage_hint
 from .authority import AUTHORITY_FILE, Authority
 from .bundles import BundleVerdict, verify_bundle
 from .canonical import canonical_hash, canonicalize, fingerprint_payload, sha256_hex
-from .dsse import envelope_hash, seal_envelope
+from .dsse import seal_payload
 from .errors import AuditStoreError, ParmanaError, PolicyError, ReplayError, RequestError
 from .evaluate import Decision, decide
 from .keys import Keyring, TrustStore
-from .overrides import REQUEST_TYPE, OverrideStatus, OverrideTrail, request_body
+from .overrides import REQUEST_TYPE, OverrideStatus, OverrideTrail, request_payload
 from .policy import DEFAULT_PENDING_TTL, Policy, PolicyStore
 from .provenance import RuntimeInfo, evaluator_artifact_hash, runtime_hash, runtime_manifest
-from .timestamps import Clock, format_ts, parse_ts, system_clock
+from .timestamps import Clock, format_ts, system_clock
 from .translog import LogError, TransparencyLog
 from .validation import check_request, new_execution_id, validate_signals
 from .workspace import DEFAULT_WORKSPACE, Workspace, default_policy_dir
@@ -85,6 +85,7 @@ class Runtime:
             authority = default_authority
         self.authority = authority if isinstance(authority, Authority) or authority is None else Authority.load(authority)
         self._bundles: dict[tuple[str, str], BundleVerdict] = {}
+        self._rule_jcs: dict[str, bytes] = {}  # bundleHash -> JCS of the policy's effective override rule
         self.keyring = Keyring(self.workspace.keys_dir, clock=clock)
         self._clock = clock
         self._new_id = new_id
@@ -382,13 +383,19 @@ class Runtime:
         return self._last_text
 
     def _override_request(self, item: _Pending, body: dict[str, Any], row: tuple) -> tuple[str, str, str]:
-        """The OverrideRequest of a pending_override execution: (executionId, hash, envelope JSON), recorded with it."""
+        """The OverrideRequest of a pending_override execution: (executionId, hash, envelope JCS), recorded with it.
+
+        Opened at the attestation's issuedAt (the clock reading it was formatted from), open pendingTtlSeconds."""
         rule = item.policy.override
-        opened = body["issuedAt"]
-        expires = format_ts(parse_ts(opened) + timedelta(seconds=rule.pendingTtlSeconds if rule else DEFAULT_PENDING_TTL))
-        request = request_body(body, row[6].encode("utf-8"), item.signals, item.requested_by, rule, opened, expires)
-        envelope = seal_envelope(REQUEST_TYPE, request, self._key)
-        return item.execution_id, envelope_hash(envelope), canonicalize(envelope).decode("utf-8")
+        ttl = rule.pendingTtlSeconds if rule else DEFAULT_PENDING_TTL
+        expires = format_ts(self._last_ms + timedelta(seconds=ttl))
+        rule_jcs = self._rule_jcs.get(item.policy.bundleHash)
+        if rule_jcs is None:
+            rule_jcs = self._rule_jcs[item.policy.bundleHash] = canonicalize(rule.to_wire()) if rule else b"null"
+        payload = request_payload(body, row[6].encode("utf-8"), item.signals_jcs, item.requested_by, rule_jcs,
+                                  body["issuedAt"], expires)
+        envelope = seal_payload(REQUEST_TYPE, payload, self._key)
+        return item.execution_id, sha256_hex(envelope), envelope.decode("ascii")
 
     def _confirm(self, signed: list[tuple[_Pending, dict[str, Any], tuple]], templates: list[dict[str, Any]],
                  refusals: list[tuple], requests: list[tuple[str, str, str]] = ()) -> None:

@@ -39,6 +39,21 @@ class CheckerClock:
         return datetime.now(timezone.utc) + self.shift
 
 
+def wait_until_ready(proc: subprocess.Popen, out: Path) -> None:
+    """Until the child has printed its first line, "ready" (it has opened the workspace)."""
+    deadline = time.monotonic() + 60
+    while not out.read_bytes().startswith(b"ready\n"):
+        assert proc.poll() is None, f"child died on its own: {proc.stderr.read().decode()}"
+        assert time.monotonic() < deadline, "child never became ready"
+        time.sleep(0.005)
+
+
+def kill(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, f"child exited by itself ({proc.returncode}): {err.decode()}"
+
+
 def spawn_and_kill(ws: Path, policies: Path, cycle: int, seed: int, rng: random.Random, out: Path) -> tuple[list[bytes], str]:
     """Start a child, SIGKILL it at a random moment, return its complete output lines and where it was killed."""
     with open(out, "wb") as sink:  # a file, not a pipe: a full pipe would stall the child and bias the kill points
@@ -49,15 +64,9 @@ def spawn_and_kill(ws: Path, policies: Path, cycle: int, seed: int, rng: random.
         time.sleep(rng.uniform(0.0, 0.6))
     else:
         where = "while executing"
-        deadline = time.monotonic() + 60
-        while not out.read_bytes().startswith(b"ready\n"):
-            assert proc.poll() is None, f"child died on its own: {proc.stderr.read().decode()}"
-            assert time.monotonic() < deadline, "child never became ready"
-            time.sleep(0.005)
+        wait_until_ready(proc, out)
         time.sleep(rng.uniform(0.0, 0.25))
-    proc.send_signal(signal.SIGKILL)
-    _, err = proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, f"child exited by itself ({proc.returncode}): {err.decode()}"
+    kill(proc)
     lines = out.read_bytes().split(b"\n")[:-1]  # the last piece is empty or a line cut by the kill
     return [line for line in lines if line != b"ready"], where
 

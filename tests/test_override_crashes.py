@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from parmana_lab.dsse import envelope_hash
 from parmana_lab.overrides import record_of, sign_resolution
 
 from .override_setup import REPO, make_desk, payment
+from .test_crashes import kill, wait_until_ready
 
 KILLS = int(os.environ.get("PARMANA_OVERRIDE_KILLS", "30"))
 EXECUTIONS = 150
@@ -73,15 +73,9 @@ def test_kills_during_submit_never_half_record_a_vote_or_double_an_outcome(tmp_p
         with open(out, "wb") as sink:
             proc = subprocess.Popen([sys.executable, "-m", "tests.override_crash_child", str(ws), str(desk.policies),
                                      str(desk.authority_path), str(votes)], cwd=REPO, stdout=sink, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while not out.read_bytes().startswith(b"ready\n"):
-            assert proc.poll() is None, f"child died on its own: {proc.stderr.read().decode()}"
-            assert time.monotonic() < deadline, "child never became ready"
-            time.sleep(0.005)
+        wait_until_ready(proc, out)
         time.sleep(rng.uniform(0.0, 0.12))
-        proc.send_signal(signal.SIGKILL)
-        _, err = proc.communicate()
-        assert proc.returncode == -signal.SIGKILL, f"child exited by itself ({proc.returncode}): {err.decode()}"
+        kill(proc)
         printed += [x for x in out.read_text().split("\n")[:-1] if x != "ready"]
         if cycle % 10 == 9:
             check_store(ws, printed)

@@ -313,3 +313,22 @@ def test_a_damaged_override_store_is_sys_024_not_a_traceback(desk, rt):
     with pytest.raises(OverrideError) as info:
         rt.pending_overrides()
     assert info.value.code == "SYS-024"
+
+
+def test_the_runtime_s_request_bytes_are_the_canonical_form_of_the_documented_body(desk, rt):
+    """The hot path assembles the request from canonical parts; it must equal JCS of the body SPEC §18 lists."""
+    from parmana_lab.dsse import seal_payload
+    from parmana_lab.overrides import request_body, request_payload
+
+    att = rt.execute({**payment(requested_by="Zoë \u00e9 \"q\" \\ \U0001f600"), "executionId": "id-\u00fc\U0001f600"})
+    stored = rt.override_request(att.executionId)
+    line = att.canonical()
+    rule = rt.policies.get("vendor-payment", "1.1.0").override
+    b = body(stored)
+    documented = request_body(att.to_dict(), line, payment()["signals"], b["requestedBy"], rule, b["openedAt"], b["expiresAt"])
+    assert canonicalize(documented) == base64.b64decode(stored["payload"])
+    fast = request_payload(att.to_dict(), line, canonicalize(payment()["signals"]), b["requestedBy"],
+                           canonicalize(rule.to_wire()), b["openedAt"], b["expiresAt"])
+    assert fast == canonicalize(documented)
+    assert seal_payload(REQUEST_TYPE, fast, rt._key) == canonicalize(seal_envelope(REQUEST_TYPE, documented, rt._key))
+    assert b["requestedBy"].startswith("Zoë") and stock_verify(stored, rt._key)
