@@ -6,16 +6,20 @@
   of each pending_override one (a second signature the overrides issue made part of
   every pending execution: unavoidable work, so the baseline does it too).
 - execute: at most 2 DuckDB transactions per execution.
+- execute() one request at a time, median latency: at most 3x one bare DuckDB transaction
+  inserting one row of the same width into a file-backed table with a primary key.
 """
 
 from __future__ import annotations
 
 import base64
 import random
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
+import duckdb
 import rfc8785
 
 from parmana_lab import Runtime, canonicalize, default_policy_dir
@@ -111,4 +115,31 @@ def bench_transactions() -> list[Measure]:
     return [Measure("DuckDB transactions per execute()", per, 1.0, "txn", 2.0, higher_is_better=False)]
 
 
-BENCHES = (bench_canonicalize, bench_execute_many, bench_transactions)
+def bench_execute_latency(n: int = 300) -> list[Measure]:
+    """Median of single execute() calls (as a notebook or the execution form calls it) against the median of a bare
+    transaction writing one attestation-wide row, alternating so both see the same machine."""
+    requests = loan_requests(2 * n, seed=11)
+    with tempfile.TemporaryDirectory() as tmp, Runtime(Path(tmp) / "ws", policies=default_policy_dir()) as rt:
+        sample = rt.execute(requests[0])
+        row = [*sample.to_dict().values()]
+        width = ", ".join(f"c{i} VARCHAR" for i in range(len(row) - 1))
+        con = duckdb.connect(str(Path(tmp) / "bare.duckdb"))
+        con.execute(f"CREATE TABLE t (id VARCHAR PRIMARY KEY, {width})")
+        insert = f"INSERT INTO t VALUES ({', '.join('?' * len(row))})"
+        values = [str(v) for v in row]
+        kit, bare = [], []
+        for i, request in enumerate(requests[1:n + 1]):
+            start = time.perf_counter()
+            rt.execute(request)
+            kit.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            con.execute("BEGIN TRANSACTION")
+            con.execute(insert, [f"id-{i}", *values[1:]])
+            con.execute("COMMIT")
+            bare.append(time.perf_counter() - start)
+        con.close()
+    return [Measure("execute() one request, median latency vs bare DuckDB txn (ms)", statistics.median(kit) * 1e3,
+                    statistics.median(bare) * 1e3, "ms", 3.0, higher_is_better=False)]
+
+
+BENCHES = (bench_canonicalize, bench_execute_many, bench_transactions, bench_execute_latency)

@@ -21,7 +21,7 @@ from .canonical import canonicalize, quote, sha256_hex
 from .dsse import EnvelopeError, envelope_hash, open_envelope, parse_envelope, seal_envelope, signature_valid, signer
 from .errors import OverrideError
 from .keys import load_key_file
-from .policy import IDENTIFIER, OverrideRule
+from .policy import OverrideRule
 from .timestamps import TIMESTAMP, Clock, format_ts, system_clock
 
 REQUEST_TYPE = "PARMANA_OVERRIDE_REQUEST_V1"
@@ -287,6 +287,3 @@ def still_needed(rule: dict[str, Any] | None, approvals: list[str], rejections: 
     against = rule["rejectThreshold"] - len(rejections)
     return (f"{more} more approval(s) from role {' or '.join(rule['roles'])}, or {against} more rejection(s)")
 
-
-def identifier_ok(value: Any) -> bool:
-    return isinstance(value, str) and IDENTIFIER.match(value) is not None

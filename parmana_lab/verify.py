@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import nacl.bindings
 import nacl.exceptions
-import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -249,6 +248,10 @@ class ArchiveSummary(BaseModel):
     overrides: dict[str, int] = {}  # pending_override lines by resolution, when the override check ran
 
 
+_HASHED_DUPLICATES = 50_000  # up to this many lines duplicates are found with a dict, beyond by sorting (memory)
+_NO_FINGERPRINT = bytes(32)  # a line too malformed to have one
+
+
 class RowTable:
     """Per-attestation results in a few flat buffers (about 90 bytes a row).
 
@@ -302,6 +305,16 @@ class RowTable:
         n = len(self)
         if n < 2:
             return
+        if n <= _HASHED_DUPLICATES:  # a dict is quicker here, and spares a small verify the numpy import
+            seen: dict[bytes, int] = {}
+            fps = bytes(self._fps)
+            for row in range(n):
+                fp = fps[row * 32:row * 32 + 32]
+                if fp != _NO_FINGERPRINT and seen.setdefault(fp, row) != row:
+                    self._mark_duplicate(row, seen[fp])
+            return
+        import numpy as np
+
         fps = np.frombuffer(bytes(self._fps), dtype=">u8").reshape(n, 4)
         order = np.lexsort((fps[:, 3], fps[:, 2], fps[:, 1], fps[:, 0]))  # stable: equal keys keep line order
         ordered = fps[order]
@@ -336,6 +349,8 @@ class RowTable:
         return codes
 
     def frame(self) -> dict[str, Any]:
+        import numpy as np
+
         n, width = len(self), len(CHECKS)
         ends = np.frombuffer(self._id_ends, dtype=np.uint64) if n else np.zeros(0, np.uint64)
         starts = np.concatenate((np.zeros(1, np.uint64), ends[:-1])) if n else ends

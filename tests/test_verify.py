@@ -397,3 +397,19 @@ def test_workers_from_a_plain_script_never_rerun_it(tmp_path, policy_dir):
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "verified", out.stderr[-2000:]
     assert (tmp_path / "runs.log").read_text() == "ran\n"
+
+
+def test_duplicates_are_found_the_same_by_the_dict_and_by_sorting(exported, tmp_path, monkeypatch):
+    """Small archives find duplicates with a dict, large ones by sorting fingerprints: the same findings either way."""
+    import parmana_lab.verify as verify_module
+
+    path, store = exported
+    bad = copy(path, tmp_path, "dups")
+    items = lines(bad)
+    write_lines(bad, [*items, items[3], b"not json", items[0], items[3]])
+    small = verify(bad, store)
+    monkeypatch.setattr(verify_module, "_HASHED_DUPLICATES", 0)
+    large = verify(bad, store)
+    assert [(r.line, r.code, r.expected, r.observed) for r in small.failures()] == \
+           [(r.line, r.code, r.expected, r.observed) for r in large.failures()]
+    assert row_codes(small).count("DUPLICATE_FINGERPRINT") == 3
