@@ -15,10 +15,10 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     __package__ = "benchmarks"
 
-from benchmarks import bench_audits, bench_log, bench_runtime, bench_verify  # noqa: E402
+from benchmarks import bench_audits, bench_cluster, bench_log, bench_runtime, bench_verify  # noqa: E402
 from benchmarks.common import Measure, peak_rss_mb  # noqa: E402
 
-MODULES = (bench_runtime, bench_verify, bench_audits, bench_log)
+MODULES = (bench_runtime, bench_verify, bench_audits, bench_log, bench_cluster)
 
 
 def _child(fn, queue) -> None:

@@ -317,14 +317,22 @@ def open_archive(path: str | Path, *, max_bytes: int = MAX_TOTAL_BYTES) -> Itera
     if not path.is_file():
         raise ArchiveError("ARC-001", f"no archive at {path}")
     with tempfile.TemporaryDirectory(prefix="parmana-archive-") as tmp:
-        target = Path(tmp)
-        if zipfile.is_zipfile(path):
-            _unzip(path, target, max_bytes)
-        elif _is_tar(path):
-            _untar(path, target, max_bytes)
-        else:
-            raise ArchiveError("ARC-001", f"{path} is neither an archive directory, a .zip nor a .tar.gz")
-        yield target
+        yield unpack_archive(path, Path(tmp), max_bytes=max_bytes)
+
+
+def unpack_archive(path: str | Path, target: Path, *, max_bytes: int = MAX_TOTAL_BYTES) -> Path:
+    """Unpack a .zip or .tar.gz archive safely into ``target`` (an empty folder) and return it; the same checks as
+    open_archive (a cluster's workers unpack onto shared storage with it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArchiveError("ARC-001", f"no archive at {path}")
+    if zipfile.is_zipfile(path):
+        _unzip(path, target, max_bytes)
+    elif _is_tar(path):
+        _untar(path, target, max_bytes)
+    else:
+        raise ArchiveError("ARC-001", f"{path} is neither an archive directory, a .zip nor a .tar.gz")
+    return target
 
 
 def _is_tar(path: Path) -> bool:

@@ -533,6 +533,11 @@ class SignalsAligner:
         self._lines = lines
         self._parked: dict[bytes, bytes] | None = None
 
+    @property
+    def in_step(self) -> bool:
+        """Still pairing line by line (nothing was out of step so far)."""
+        return self._parked is None
+
     def for_line(self, line: bytes) -> bytes | None:
         at = line.find(b',"executionId":"')
         if at < 0:

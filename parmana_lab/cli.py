@@ -7,6 +7,7 @@ import dataclasses
 import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -111,6 +112,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="an older checkpoint of the producer's log: the archive must extend it (HISTORY_INCONSISTENT otherwise)")
     ver.add_argument("--authority", type=Path, help="authority file: check each decision's policy was signed by an allowed author "
                                                     "and each override by allowed approvers (default: the workspace's, if any)")
+    ver.add_argument("--scheduler", metavar="ADDRESS",
+                     help="verify on a Dask cluster: a scheduler address (tcp://host:8786), or local:N for N local worker "
+                          "processes (needs the dask extra: pip install 'parmana-lab[dask]')")
+    ver.add_argument("--scratch", type=Path, help="with --scheduler: a folder every worker sees, for unpacking .zip / .tar.gz")
     ver.add_argument("--no-progress", action="store_true")
     ver.set_defaults(func=cmd_verify)
 
@@ -487,8 +492,6 @@ def _trust_for(args: argparse.Namespace) -> Path | None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .verify import verify_archive
-
     trust = _trust_for(args)
     store = TrustStore.load(trust) if trust else TrustStore()
     checkpoint = _read_file(args.checkpoint, "CHECKPOINT_MALFORMED") if args.checkpoint else None  # once, for every archive
@@ -498,6 +501,40 @@ def cmd_verify(args: argparse.Namespace) -> int:
         from .authority import Authority
 
         authority = Authority.load(authority_path)
+    with _cluster(args.scheduler) as client:
+        return _verify_each(args, trust, store, checkpoint, authority, client)
+
+
+@contextmanager
+def _cluster(scheduler: str | None) -> Iterator[Any]:
+    """A Dask client for --scheduler (an address, or local:N worker processes), or None."""
+    if scheduler is None:
+        yield None
+        return
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise ArchiveError("ARC-010", "--scheduler needs Dask: pip install 'parmana-lab[dask]'") from None
+    if scheduler.startswith("local:"):
+        count = _at_least_one(scheduler[6:])
+        with LocalCluster(n_workers=count, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+                Client(cluster) as client:
+            print(f"(dask: {count} local worker processes, dashboard {client.dashboard_link})", file=sys.stderr)
+            yield client
+        return
+    try:
+        client = Client(scheduler, timeout="10s")
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise ArchiveError("ARC-010", f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
+    with client:
+        yield client
+
+
+def _verify_each(args: argparse.Namespace, trust: Path | None, store: TrustStore, checkpoint: bytes | None, authority: Any,
+                 client: Any) -> int:
+    """Each archive in turn (on the cluster when there is a client); one's unusability does not stop the others."""
+    from .verify import verify_archive
+
     worst, outcomes = EXIT_OK, Counter()
     records: Counter = Counter()
     codes: Counter = Counter()
@@ -505,7 +542,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         try:
             report = verify_archive(path, trust if trust else store, workers=args.workers,
                                     progress=not (args.json or args.no_progress), known_runtimes=args.known_runtime,
-                                    trust_archive_keys=args.trust_archive_keys, checkpoint=checkpoint, authority=authority)
+                                    trust_archive_keys=args.trust_archive_keys, checkpoint=checkpoint, authority=authority,
+                                    client=client, scratch=args.scratch)
         except ParmanaError as exc:  # this archive is unusable; the others are still verified
             worst, outcomes["unusable"] = max(worst, EXIT_UNUSABLE), outcomes["unusable"] + 1
             if args.json:

@@ -468,8 +468,13 @@ def verify_archive(
     chunk_lines: int = 2_048,
     checkpoint: str | bytes | Path | None = None,
     authority: Any = None,
+    client: Any = None,
+    scratch: str | Path | None = None,
 ) -> ArchiveReport:
     """Verify an archive (directory, .zip or .tar.gz) offline against a trust store.
+
+    ``client``: a Dask distributed Client; its workers read the archive (a path they see; a .zip / .tar.gz is
+    unpacked onto ``scratch``, shared storage) and the report is the one this machine would give (cluster.py).
 
     ``checkpoint``: an older checkpoint of the producer's log; the archive must
     extend it (its first ``size`` lines hash to its root), else HISTORY_INCONSISTENT.
@@ -482,6 +487,15 @@ def verify_archive(
     """
     if workers < 1:
         raise ValueError(f"workers must be at least 1, not {workers}")
+    if client is not None:
+        from .cluster import verify_on_cluster
+
+        ((_, result),) = verify_on_cluster(client, [path], trust_store, scratch=scratch, progress=progress,
+                                           known_runtimes=known_runtimes, trust_archive_keys=trust_archive_keys,
+                                           checkpoint=checkpoint, authority=authority, block_lines=chunk_lines)
+        if isinstance(result, ParmanaError):
+            raise result
+        return result
     with open_archive(path) as root:
         return verify_tree(Path(path), root, trust_store, workers=workers, progress=progress, known_runtimes=known_runtimes,
                            trust_archive_keys=trust_archive_keys, chunk_lines=chunk_lines, checkpoint=checkpoint,
@@ -533,6 +547,39 @@ def verify_tree(source: Path, root: Path, trust_store: TrustStore | str | Path |
                 progress: Progress = False, known_runtimes: Iterable[str] | None = None, trust_archive_keys: bool = False,
                 chunk_lines: int = 2_048, checkpoint: str | bytes | Path | None = None, authority: Any = None) -> ArchiveReport:
     """verify_archive on an archive already opened at ``root`` (``source`` is the path as given)."""
+    start = begin_tree(source, root, trust_store, known_runtimes, trust_archive_keys)
+    signals_path = root / SIGNALS
+    att_digest = hashlib.sha256()
+    merkle = MerkleBuilder()
+
+    def blocks() -> Iterator[tuple[int, list[bytes], list[bytes | None] | None]]:
+        """(first line number, attestation lines, their paired signals lines or None) per block read."""
+        signals = SignalsAligner(chain.from_iterable(iter_line_blocks(signals_path))) if start.ctx.signals_available else None
+        number = 0
+        for lines in iter_line_blocks(root / ATTESTATIONS, digest=att_digest):
+            yield number + 1, lines, list(map(signals.for_line, lines)) if signals is not None else None
+            number += len(lines)
+
+    total = start.manifest.count if start.manifest is not None else None
+    table = _run_checks(blocks(), start.ctx, merkle, workers, chunk_lines, progress, total, str(source))
+    return finish_tree(start, table, merkle.root(), att_digest.hexdigest(), checkpoint=checkpoint, authority=authority)
+
+
+class TreeStart(BaseModel):
+    """What verifying an archive tree establishes before its lines are read: trust, the manifest, the context."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    source: Path
+    root: Path
+    store: TrustStore
+    trust: str
+    checks: list[ArchiveCheck]
+    manifest: ArchiveManifest | None
+    ctx: Context
+
+
+def begin_tree(source: Path, root: Path, trust_store: TrustStore | str | Path | None, known_runtimes: Iterable[str] | None,
+               trust_archive_keys: bool) -> TreeStart:
     require_attestations(root, source)
     store, trust, own_keys = _trust(source, root, trust_store, trust_archive_keys)
     checks: list[ArchiveCheck] = []
@@ -540,29 +587,22 @@ def verify_tree(source: Path, root: Path, trust_store: TrustStore | str | Path |
         checks.append(_archive_check("TRUST_FROM_ARCHIVE", "a trust store from the producer, obtained apart from the archive",
                                      f"{trust_store} is the archive's own {KEYS}"))
     manifest = _check_manifest(root, store, checks)
-    signals_path = root / SIGNALS
-    ctx = Context.build(store, known_runtimes, policies=load_archive_policies(root), signals_available=signals_path.is_file())
-    att_digest = hashlib.sha256()
-    merkle = MerkleBuilder()
+    ctx = Context.build(store, known_runtimes, policies=load_archive_policies(root), signals_available=(root / SIGNALS).is_file())
+    return TreeStart(source=source, root=root, store=store, trust=trust, checks=checks, manifest=manifest, ctx=ctx)
 
-    def blocks() -> Iterator[tuple[int, list[bytes], list[bytes | None] | None]]:
-        """(first line number, attestation lines, their paired signals lines or None) per block read."""
-        signals = SignalsAligner(chain.from_iterable(iter_line_blocks(signals_path))) if ctx.signals_available else None
-        number = 0
-        for lines in iter_line_blocks(root / ATTESTATIONS, digest=att_digest):
-            yield number + 1, lines, list(map(signals.for_line, lines)) if signals is not None else None
-            number += len(lines)
 
-    total = manifest.count if manifest is not None else None
-    table = _run_checks(blocks(), ctx, merkle, workers, chunk_lines, progress, total, str(source))
+def finish_tree(start: TreeStart, table: RowTable, merkle_root: str, attestations_hash: str, *,
+                checkpoint: str | bytes | Path | None = None, authority: Any = None,
+                file_hashes: dict[str, str] | None = None) -> ArchiveReport:
+    """The archive-level checks once every line was checked (``file_hashes``: already computed where the files are)."""
+    root, store, checks, manifest = start.root, start.store, start.checks, start.manifest
     if manifest is not None:
-        _check_files(root, manifest, att_digest.hexdigest(), checks)
+        _check_files(root, manifest, attestations_hash, checks, file_hashes)
         if manifest.count != len(table):
             checks.append(_archive_check("COUNT_MISMATCH", str(manifest.count), str(len(table)),
                                          lines="lines were removed or added; which ones is told by the Merkle root only"))
-        root_hash = merkle.root()
-        if manifest.merkleRoot != root_hash:
-            checks.append(_archive_check("MERKLE_ROOT_MISMATCH", manifest.merkleRoot, root_hash,
+        if manifest.merkleRoot != merkle_root:
+            checks.append(_archive_check("MERKLE_ROOT_MISMATCH", manifest.merkleRoot, merkle_root,
                                          lines="unknown: the manifest holds only the root, not per-line hashes"))
         if (root / CHECKPOINT).is_file() and not any(c.code.startswith("MANIFEST_") for c in checks):
             if (root / LOG_PROOFS).is_file():
@@ -580,7 +620,7 @@ def verify_tree(source: Path, root: Path, trust_store: TrustStore | str | Path |
             checks.append(_archive_check("OVERRIDES_MALFORMED", "one override record per line", f"{len(unreadable)} line(s) "
                                          "are not", lines=", ".join(map(str, unreadable[:20])) + (" …" if len(unreadable) > 20
                                                                                                     else "")))
-    return ArchiveReport(source=str(source), trust=trust, archive_checks=checks, table=table, authorship=authorship)
+    return ArchiveReport(source=str(start.source), trust=start.trust, archive_checks=checks, table=table, authorship=authorship)
 
 
 _AUTHORSHIP_CODES = {"POL-030": "POLICY_UNSIGNED", "POL-032": "POLICY_SIGNATURE_INVALID", "POL-033": "POLICY_AUTHOR_UNAUTHORIZED",
@@ -729,14 +769,22 @@ def _check_manifest(root: Path, store: TrustStore, checks: list[ArchiveCheck]) -
     return manifest
 
 
-def _check_files(root: Path, manifest: ArchiveManifest, attestations_hash: str, checks: list[ArchiveCheck]) -> None:
-    present = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()} - {MANIFEST}
+def tree_hashes(root: Path) -> dict[str, str]:
+    """sha256 of every file of an archive tree but the manifest and the attestations (hashed as they are read)."""
+    return {p.relative_to(root).as_posix(): _file_sha256(p) for p in root.rglob("*")
+            if p.is_file() and p.relative_to(root).as_posix() not in (MANIFEST, ATTESTATIONS)}
+
+
+def _check_files(root: Path, manifest: ArchiveManifest, attestations_hash: str, checks: list[ArchiveCheck],
+                 hashes: dict[str, str] | None = None) -> None:
+    hashes = tree_hashes(root) if hashes is None else hashes
+    present = set(hashes) | {ATTESTATIONS}
     for name in sorted(present | manifest.files.keys()):
         expected = manifest.files.get(name)
         if name not in present:
             checks.append(_archive_check("FILE_HASH_MISMATCH", f"{name} {expected}", "file absent"))
             continue
-        observed = attestations_hash if name == ATTESTATIONS else _file_sha256(root / name)
+        observed = attestations_hash if name == ATTESTATIONS else hashes[name]
         if expected is None:
             checks.append(_archive_check("FILE_HASH_MISMATCH", f"{name} not in the archive", "file present, not in the manifest"))
         elif expected != observed:

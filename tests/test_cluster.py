@@ -1,0 +1,175 @@
+"""Bulk verification on a real Dask LocalCluster (worker processes): the same reports as one machine.
+
+One module-scoped cluster of two single-threaded worker processes; blocks of 64 lines so that even the
+small archives here are split into many tasks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import tarfile
+from pathlib import Path
+
+import pytest
+
+distributed = pytest.importorskip("distributed")  # the dask extra is in the dev set: make test always has it
+
+from parmana_lab import Runtime, default_policy_dir, verify_archive  # noqa: E402
+from parmana_lab.batch import verify_archives  # noqa: E402
+
+from .test_verify import copy, lines, write_lines  # noqa: E402
+
+BLOCK = 64
+
+
+@pytest.fixture(scope="module")
+def client():
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+            distributed.Client(cluster) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    from benchmarks.bench_runtime import loan_requests
+
+    root = tmp_path_factory.mktemp("cluster")
+    with Runtime(root / "ws", policies=default_policy_dir()) as rt:
+        rt.execute_many(loan_requests(700, seed=3))
+        archive = Path(rt.export_archive(root / "archive").path)
+        rt.export_archive(root / "archive.zip", format="zip")
+        rt.export_archive(root / "archive.tar.gz", format="tar.gz")
+        rt.export_archive(root / "filtered", policy_id="loan-approval", until="2100-01-01")
+        store = rt.trust_store()
+    return root, archive, store
+
+
+def same(a, b) -> None:
+    """Every row and every archive-level finding alike."""
+    assert a.summary == b.summary
+    assert a.archive_checks == b.archive_checks
+    assert a.to_pandas().equals(b.to_pandas())
+    assert [r.model_dump() for r in a.failures()] == [r.model_dump() for r in b.failures()]
+
+
+def both(path, store, client, tmp_path, **kw):
+    here = verify_archive(path, store, progress=False, chunk_lines=BLOCK, **kw)
+    there = verify_archive(path, store, progress=False, client=client, chunk_lines=BLOCK, scratch=tmp_path / "scratch", **kw)
+    same(here, there)
+    return there
+
+
+@pytest.mark.parametrize("name", ["archive", "archive.zip", "archive.tar.gz", "filtered"])
+def test_clean_archives_of_every_container_give_the_same_report(made, client, tmp_path, name):
+    root, _, store = made
+    report = both(root / name, store, client, tmp_path)
+    assert report.status == "verified" and report.summary.total == 700
+
+
+def _edit_line(items, i, field, value):
+    att = json.loads(items[i])
+    att[field] = value
+    items[i] = json.dumps(att, separators=(",", ":"), sort_keys=True).encode()
+
+
+TAMPERS = {
+    "signature": lambda items, sig: _edit_line(items, 5, "issuedAt", "2030-01-01T00:00:00.000Z"),
+    "malformed": lambda items, sig: items.__setitem__(70, b"{not json"),
+    "deleted-line": lambda items, sig: items.pop(100),
+    "reordered": lambda items, sig: items.insert(3, items.pop(200)),
+    "replayed": lambda items, sig: items.append(items[10]),
+    "signals-edited": lambda items, sig: sig.__setitem__(12, sig[12].replace(b'"credit_score":', b'"credit_score":1')),
+    "signals-line-deleted": lambda items, sig: sig.pop(300),  # out of step: one worker verifies it whole
+    "empty": lambda items, sig: (items.clear(), sig.clear()),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(TAMPERS))
+def test_every_tampered_kind_gives_the_same_report(made, client, tmp_path, kind):
+    _, archive, store = made
+    bad = copy(archive, tmp_path, "bad")
+    items, sig = lines(bad), (bad / "signals.jsonl").read_bytes().splitlines()
+    TAMPERS[kind](items, sig)
+    write_lines(bad, items)
+    (bad / "signals.jsonl").write_bytes(b"".join(s + b"\n" for s in sig))
+    report = both(bad, store, client, tmp_path)
+    assert report.status == "failed"
+
+
+def test_archive_level_damage_and_a_packed_copy_of_it(made, client, tmp_path):
+    _, archive, store = made
+    bad = copy(archive, tmp_path, "keys")
+    (bad / "keys.json").write_text('{"keys": []}')
+    (bad / "notes.txt").write_text("hello")
+    both(bad, store, client, tmp_path)
+    packed = tmp_path / "bad.tar.gz"
+    with tarfile.open(packed, "w:gz") as tf:
+        for p in sorted(bad.rglob("*")):
+            tf.add(p, arcname=p.relative_to(bad).as_posix(), recursive=False)
+    assert {c.code for c in both(packed, store, client, tmp_path).archive_checks} == {"FILE_HASH_MISMATCH"}
+    (bad / "manifest.json").unlink()
+    assert both(bad, store, client, tmp_path).summary.archive_codes == ["MANIFEST_MALFORMED"]
+
+
+def test_several_archives_and_an_unusable_one(made, client, tmp_path):
+    root, archive, store = made
+    bad = copy(archive, tmp_path, "bad")
+    items = lines(bad)
+    _edit_line(items, 1, "issuedAt", "2031-01-01T00:00:00.000Z")
+    write_lines(bad, items)
+    paths = [root / "archive.zip", bad, tmp_path / "missing.zip", root / "filtered"]
+    local = verify_archives(paths, store, progress=False, chunk_lines=BLOCK)
+    there = verify_archives(paths, store, progress=False, client=client, scratch=tmp_path / "s", chunk_lines=BLOCK,
+                            results_dir=tmp_path / "rows")
+    assert [a.model_dump(exclude={"rows_file"}) for a in local.archives] == \
+           [a.model_dump(exclude={"rows_file"}) for a in there.archives]
+    assert [a.status for a in there.archives] == ["verified", "failed", "unusable", "verified"]
+    assert there.summary["attestations"]["total"] == 2100 and there.archives[2].error["code"] == "ARC-001"
+    assert len(there.failures()) == 1 and Path(there.archives[1].rows_file).read_text().count("\n") == 701
+    assert "4 archives" in repr(there) and "1 failed" in repr(there)
+
+
+def test_a_worker_killed_mid_run_loses_nothing_and_counts_nothing_twice(made, client, tmp_path):
+    root, archive, store = made
+    bigger = tmp_path / "bigger"
+    shutil.copytree(archive, bigger)
+    expected = verify_archive(bigger, store, progress=False, chunk_lines=8)
+    pids = client.run(os.getpid)
+    victim = sorted(pids.values())[0]
+    killed = []
+
+    def kill_once(done, total):
+        if not killed and done >= 64:
+            os.kill(victim, signal.SIGKILL)
+            killed.append(done)
+
+    report = verify_archive(bigger, store, progress=kill_once, client=client, chunk_lines=8, scratch=tmp_path / "s")
+    assert killed, "the worker was never killed"
+    same(expected, report)
+    client.wait_for_workers(2, timeout=60)  # the nanny restarts it for the next tests
+
+
+def test_the_command_line_on_a_local_cluster_prints_what_one_machine_prints(made, tmp_path):
+    import subprocess
+    import sys
+
+    from .override_setup import REPO
+
+    root, archive, store = made
+    trust = tmp_path / "trust.json"
+    trust.write_text(store.to_json())
+
+    def run(*extra):
+        out = subprocess.run([sys.executable, "-m", "parmana_lab.cli", "verify", str(root / "archive.zip"), str(tmp_path / "no.zip"),
+                              "--trust", str(trust), "--json", *extra], capture_output=True, text=True, cwd=REPO)
+        assert "Traceback" not in out.stderr, out.stderr
+        return out
+
+    here, there = run(), run("--scheduler", "local:2", "--scratch", str(tmp_path / "scratch"))
+    assert here.returncode == there.returncode == 2  # one archive missing: unusable, the other still verified
+    assert here.stdout == there.stdout and "dashboard" in there.stderr
+    bad = run("--scheduler", "tcp://127.0.0.1:9")
+    assert bad.returncode == 2 and "ARC-010" in bad.stderr
