@@ -132,6 +132,8 @@ def _parser() -> argparse.ArgumentParser:
     rep = aud_sub.add_parser("replays", help="execution fingerprints used more than once, within or across sources")
     rep.add_argument("sources", nargs="+", type=Path, help="archives (dir, .zip, .tar.gz) or audit DB files")
     rep.add_argument("--json", action="store_true", help="one line per replayed fingerprint with its occurrences")
+    rep.add_argument("--scheduler", metavar="ADDRESS", help="on a Dask cluster: a scheduler address, or local:N worker processes")
+    rep.add_argument("--scratch", type=Path, help="with --scheduler: a folder every worker sees, for the bucketed records")
     rep.set_defaults(func=cmd_audit_replays)
 
     rep = aud_sub.add_parser("reproduce", help="re-run recorded executions and compare decisions (writes nothing)")
@@ -621,7 +623,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_audit_replays(args: argparse.Namespace) -> int:
     from .replays import find_replays
 
-    with find_replays(args.sources) as report:
+    with _cluster(args.scheduler) as client, find_replays(args.sources, client=client, scratch=args.scratch) as report:
         findings = report.findings()
         s = report.summary
         code = EXIT_FAILED if report.found else EXIT_OK

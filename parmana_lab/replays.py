@@ -64,34 +64,16 @@ class ReplayReport:
     """
 
     def __init__(self, con: duckdb.DuckDBPyConnection, sources: list[str], stack: ExitStack,
-                 unreadable: list[dict[str, Any]], counts: tuple[int, int] | None = None) -> None:
+                 unreadable: list[dict[str, Any]], counts: tuple[int, int] | None = None,
+                 grouped: tuple[pd.DataFrame, pd.DataFrame, int] | None = None) -> None:
+        """``grouped``: (occurrences, reused ids, copies) already computed bucket by bucket (on a cluster)."""
         self.con, self.sources, self.unreadable = con, sources, unreadable
         self._finalizer = weakref.finalize(self, _release, con, stack)
         self.records, self.unverified = counts if counts is not None else con.execute(
             "SELECT count(*), count(*) FILTER (WHERE import_status = 'unverified') FROM records"
         ).fetchall()[0]
-        # one pass: every fingerprint used by more than one executionId, then those records in full
-        occurrences = con.execute(
-            """
-            SELECT execution_fingerprint, executionId, source, line, issuedAt, signerKeyId, runtimeHash, action, src
-            FROM records SEMI JOIN replays USING (execution_fingerprint)
-            ORDER BY execution_fingerprint, executionId, src, line
-            """
-        ).df()
+        occurrences, self.reused_ids, self.copies = grouped if grouped is not None else group_records(con)
         self.executions = _collapse_copies(occurrences)
-        con.execute(
-            f"""
-            CREATE TEMP TABLE repeated_ids AS
-            WITH repeated AS (SELECT executionId FROM records GROUP BY ALL HAVING count(*) > 1)
-            SELECT executionId, count(*) AS n, count(DISTINCT {_CONTENT}) AS versions,
-                   list(DISTINCT source ORDER BY source) AS sources
-            FROM records SEMI JOIN repeated USING (executionId) GROUP BY executionId
-            """
-        )
-        self.reused_ids = con.execute(
-            "SELECT executionId, versions, sources FROM repeated_ids WHERE versions > 1 ORDER BY executionId"
-        ).df()
-        self.copies = int(con.execute("SELECT coalesce(sum(n - 1), 0) FROM repeated_ids WHERE versions = 1").fetchall()[0][0])
 
     def __enter__(self) -> ReplayReport:
         return self
@@ -192,6 +174,33 @@ class ReplayReport:
         return self.to_html()
 
 
+def group_records(con: duckdb.DuckDBPyConnection) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """(occurrences of replayed fingerprints, executionIds reused with other content, copies) of the ``records`` view.
+
+    Every group is of one fingerprint or one executionId, so the records can be split by either's hash and grouped
+    part by part (the cluster does, cluster_replays.py) with the same results once joined.
+    """
+    occurrences = con.execute(
+        """
+        SELECT execution_fingerprint, executionId, source, line, issuedAt, signerKeyId, runtimeHash, action, src
+        FROM records SEMI JOIN replays USING (execution_fingerprint)
+        ORDER BY execution_fingerprint, executionId, src, line
+        """
+    ).df()
+    repeated = con.execute(
+        f"""
+        WITH repeated AS (SELECT executionId FROM records GROUP BY ALL HAVING count(*) > 1)
+        SELECT executionId, count(*) AS n, count(DISTINCT {_CONTENT}) AS versions,
+               list(DISTINCT source ORDER BY source) AS sources
+        FROM records SEMI JOIN repeated USING (executionId) GROUP BY executionId
+        """
+    ).df()
+    reused = repeated[repeated["versions"] > 1][["executionId", "versions", "sources"]]
+    reused = reused.sort_values("executionId", kind="stable").reset_index(drop=True)
+    copies = int((repeated.loc[repeated["versions"] == 1, "n"] - 1).sum())
+    return occurrences, reused, copies
+
+
 def _collapse_copies(occurrences: pd.DataFrame) -> pd.DataFrame:
     """One row per (fingerprint, executionId): the first place it was seen, the others as ``also_in``."""
     rows = []
@@ -209,15 +218,20 @@ def _release(con: duckdb.DuckDBPyConnection, stack: ExitStack) -> None:
     stack.close()
 
 
-def find_replays(sources: Source | Sequence[Source]) -> ReplayReport:
+def find_replays(sources: Source | Sequence[Source], *, client: Any = None, scratch: str | Path | None = None) -> ReplayReport:
     """Every execution_fingerprint consumed by more than one execution across ``sources``.
 
     Sources are archives, audit DB files, or an open AuditDB / Runtime of this
     process (read through its own connection). A record that cannot be read is
-    listed in ``report.unreadable``, never skipped silently.
+    listed in ``report.unreadable``, never skipped silently. With a Dask ``client``
+    the workers read and group (cluster_replays.py; ``scratch``: shared storage).
     """
     if isinstance(sources, (str, Path)) or open_in_process(sources) is not None:
         sources = [sources]  # one source, not its characters
+    if client is not None:
+        from .cluster_replays import find_replays_on_cluster
+
+        return find_replays_on_cluster(client, list(sources), scratch=scratch)
     if not sources:
         raise ArchiveError("ARC-005", "find_replays needs at least one archive or audit DB")
     stack = ExitStack()

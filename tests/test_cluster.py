@@ -173,3 +173,77 @@ def test_the_command_line_on_a_local_cluster_prints_what_one_machine_prints(made
     assert here.stdout == there.stdout and "dashboard" in there.stderr
     bad = run("--scheduler", "tcp://127.0.0.1:9")
     assert bad.returncode == 2 and "ARC-010" in bad.stderr
+
+
+@pytest.fixture(scope="module")
+def replay_sources(made, tmp_path_factory):
+    """Two runtimes sharing 40 requests (replays), copies (a folder and its zip), an audit DB file, a damaged copy."""
+    from benchmarks.bench_runtime import loan_requests
+
+    root, archive, _ = made
+    other = tmp_path_factory.mktemp("other")
+    with Runtime(other / "ws", policies=default_policy_dir()) as rt:
+        rt.execute_many(loan_requests(700, seed=3)[:40] + loan_requests(200, seed=9))
+        second = Path(rt.export_archive(other / "second.tar.gz", format="tar.gz").path)
+    damaged = other / "damaged"
+    shutil.copytree(archive, damaged)
+    items = lines(damaged)
+    items[7] = b"{broken"
+    _edit_line(items, 9, "issuedAt", "2032-01-01T00:00:00.000Z")  # a reused executionId with other content
+    write_lines(damaged, items)
+    return [archive, root / "archive.zip", second, other / "ws" / "audit.duckdb", damaged]
+
+
+def same_replays(a, b) -> None:
+    assert a.summary == b.summary and a.headline() == b.headline()
+    assert a.executions.equals(b.executions)
+    assert a.reused_ids.astype(str).equals(b.reused_ids.astype(str))
+    assert a.unreadable == b.unreadable and a.findings() == b.findings()
+
+
+def test_find_replays_on_the_cluster_equals_the_local_call(replay_sources, client, tmp_path):
+    from parmana_lab import find_replays
+
+    with find_replays(replay_sources) as here, find_replays(replay_sources, client=client, scratch=tmp_path) as there:
+        same_replays(here, there)
+        s = there.summary
+        assert s.replayed_fingerprints == 40 and s.reused_execution_ids == 1 and s.unreadable_records == 1 and s.copies > 0
+        assert there.sql("SELECT count(*) AS n FROM records")["n"][0] == s.records  # your own SQL still works
+
+
+def test_a_worker_killed_during_find_replays_changes_nothing(replay_sources, client, tmp_path):
+    import threading
+    import time
+
+    from parmana_lab import find_replays
+
+    victim = sorted(client.run(os.getpid).values())[-1]
+    timer = threading.Timer(0.3, os.kill, (victim, signal.SIGKILL))
+    sources = replay_sources * 3
+    with find_replays(sources) as here:
+        timer.start()
+        began = time.monotonic()
+        try:
+            with find_replays(sources, client=client, scratch=tmp_path) as there:
+                took = time.monotonic() - began
+                same_replays(here, there)
+        finally:
+            timer.join()
+    assert took > 0.3, f"the run ended ({took:.2f} s) before the worker was killed"  # so the kill landed mid-run
+    client.wait_for_workers(2, timeout=60)
+    assert victim not in client.run(os.getpid).values()
+
+
+def test_audit_replays_on_a_local_cluster_prints_what_one_machine_prints(replay_sources, tmp_path):
+    import subprocess
+    import sys
+
+    from .override_setup import REPO
+
+    def run(*extra):
+        return subprocess.run([sys.executable, "-m", "parmana_lab.cli", "audit", "replays", *map(str, replay_sources), "--json",
+                               *extra], capture_output=True, text=True, cwd=REPO)
+
+    here, there = run(), run("--scheduler", "local:2", "--scratch", str(tmp_path))
+    assert here.returncode == there.returncode == 1 and "Traceback" not in there.stderr
+    assert here.stdout == there.stdout
