@@ -102,6 +102,9 @@ _EXPORTS = {
     "sign_resolution": ".overrides",
     "load_request": ".overrides",
     "describe_request": ".overrides",
+    "verify_archives": ".batch",
+    "iter_verify_archives": ".batch",
+    "BatchReport": ".batch",
 }
 __all__ = [
     "ATTESTATION_TYPE",
@@ -189,6 +192,9 @@ __all__ = [
     "sign_resolution",
     "load_request",
     "describe_request",
+    "verify_archives",
+    "iter_verify_archives",
+    "BatchReport",
 ]
 
 
@@ -210,6 +216,7 @@ if TYPE_CHECKING:
     from .attestation import ATTESTATION_TYPE, ExecutionAttestation, pae, signing_message, to_dsse, verify_signature
     from .audit import AuditDB
     from .authority import ApproverEntry, AuthorEntry, Authority
+    from .batch import BatchReport, iter_verify_archives, verify_archives
     from .bundles import BundleVerdict, sign_bundle, verify_bundle
     from .canonical import canonical_hash, canonicalize, parse_json
     from .errors import (

@@ -26,6 +26,7 @@ from .archive import ATTESTATIONS, SIGNALS, ArchiveError, iter_line_blocks, requ
 from .checks import SignalsAligner, check_chunk
 from .errors import ParmanaError
 from .merkle import MerkleBuilder
+from .policy import PolicyStore
 from .progress import Progress, progress_bar
 
 if TYPE_CHECKING:
@@ -249,3 +250,59 @@ def _land(client: Any, path: str, launched: Any, block: int, progress: Progress,
                            authority=options["authority"], file_hashes=index["hashes"])
     except ParmanaError as exc:
         return exc
+
+
+def reproduce_task(root: str, first_line: int, span: tuple[int, int], signal_span: tuple[int, int] | None,
+                   what_if: dict[str, str], policies: str | None, evaluator: Any) -> tuple[str, Any]:
+    """One aligned block of an archive re-run (reproducibility.reproduce_block)."""
+    def run() -> list[dict[str, Any]]:
+        from .reproducibility import archive_override_states, reproduce_block
+
+        tree = Path(root)
+        lines = _read(tree / ATTESTATIONS, *span).split(b"\n")
+        sigs = _read(tree / SIGNALS, *signal_span).split(b"\n") if signal_span is not None else [None] * len(lines)
+        return reproduce_block(tree, first_line, lines, sigs, what_if, Path(policies) if policies else None, evaluator,
+                               archive_override_states(tree))
+
+    return _guarded(run, f"{root} lines {first_line}-")
+
+
+def reproduce_on_cluster(client: Any, source: Any, what_if: dict[str, str], policies: Path | None, evaluator: Any, *,
+                         scratch: str | Path | None = None, progress: Progress = False,
+                         block_lines: int = BLOCK_LINES) -> list[dict[str, Any]]:
+    """reproduce's rows for an archive, a task per block (or, signals out of step, one worker for the whole)."""
+    import tempfile
+
+    from distributed import as_completed
+
+    block = 1 << max(block_lines, 1).bit_length() - 1
+    scratch_dir = Path(scratch) if scratch is not None else Path(tempfile.mkdtemp(prefix="parmana-cluster-"))
+    root = _unwrap(client.submit(unpack_task, str(source), str(scratch_dir), pure=False).result())
+    require_attestations(Path(root), source)
+    index = _unwrap(client.submit(index_task, root, block, pure=False).result())
+    policy_dir = str(policies) if policies is not None else None
+    if not index["paired"]:
+        return _unwrap(client.submit(_guarded, _reproduce_whole, str(source), root, what_if, policy_dir, evaluator,
+                                     pure=False).result())
+    offsets, signal_offsets = index["offsets"], index["signal_offsets"]
+    futures = {client.submit(reproduce_task, root, b * block + 1, (offsets[b], offsets[b + 1]),
+                             (signal_offsets[b], signal_offsets[b + 1]) if signal_offsets is not None else None,
+                             what_if, policy_dir, evaluator, pure=False): b
+               for b in range(len(offsets) - 1 if index["count"] else 0)}
+    results: dict[int, list] = {}
+    with progress_bar(progress, index["count"], f"reproduce {Path(str(source)).name}", "exec") as bar:
+        for future in as_completed(list(futures)):
+            b = futures[future]
+            if b in results:
+                raise ArchiveError("ARC-001", f"{source}: block {b} came back twice")
+            results[b] = _unwrap(future.result())
+            bar.update(len(results[b]))
+    if sorted(results) != list(range(len(futures))):
+        raise ArchiveError("ARC-001", f"{source}: blocks {sorted(set(range(len(futures))) - set(results))} never came back")
+    return [row for b in range(len(futures)) for row in results[b]]
+
+
+def _reproduce_whole(root: str, what_if: dict[str, str], policies: str | None, evaluator: Any) -> list[dict[str, Any]]:
+    from .reproducibility import _reproduce_rows
+
+    return _reproduce_rows(Path(root), root, what_if, PolicyStore(policies) if policies else None, evaluator, False)

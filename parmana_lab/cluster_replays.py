@@ -24,7 +24,7 @@ import pandas as pd
 from .archive import ArchiveError
 from .audit import open_in_process, source_name
 from .cluster import _guarded, _unwrap
-from .replays import ReplayReport, _create_views, _part, _strict_part, group_records
+from .replays import _CONTENT, ReplayReport, _create_views, _part, _strict_part, group_records, reused_ids
 
 _BAD = "executionId IS NULL OR execution_fingerprint IS NULL OR decision IS NULL"
 
@@ -49,10 +49,13 @@ def _bucket_source(i: int, source: Any, name: str, run: str, buckets: int) -> di
         if damaged:
             sql, _ = _strict_part(con, i, name, lines, unreadable)
         counts = con.execute(f"SELECT count(*), count(*) FILTER (WHERE import_status = 'unverified') FROM ({sql})").fetchall()[0]
-        for key, column in (("by_fp", "execution_fingerprint"), ("by_id", "executionId")):
+        # the fingerprint split keeps whole records (the report's sql() reads them); the executionId split only what
+        # the reuse grouping needs: the content hash is computed here, once, as group_records computes it
+        for key, columns, by in (("by_fp", "*", "execution_fingerprint"),
+                                 ("by_id", f"executionId, source, {_CONTENT} AS content", "executionId")):
             target = Path(run) / key / f"src{i}"
             target.parent.mkdir(parents=True, exist_ok=True)
-            con.execute(f"COPY (SELECT *, hash({column}) % {buckets} AS bucket FROM ({sql})) TO '{_text(str(target))}' "
+            con.execute(f"COPY (SELECT {columns}, hash({by}) % {buckets} AS bucket FROM ({sql})) TO '{_text(str(target))}' "
                         "(FORMAT PARQUET, PARTITION_BY (bucket), OVERWRITE true)")  # a task run twice writes the same
         return {"counts": tuple(counts), "unreadable": unreadable}
     finally:
@@ -80,8 +83,7 @@ def _group_bucket(run: str, bucket: int) -> tuple[pd.DataFrame | None, pd.DataFr
             _create_views(con, [(f"SELECT * FROM read_parquet({by_fp}, hive_partitioning = false)", None)])
             occurrences, _, _ = group_records(con)
         if by_id is not None:
-            _create_views(con, [(f"SELECT * FROM read_parquet({by_id}, hive_partitioning = false)", None)])
-            _, reused, copies = group_records(con)
+            reused, copies = reused_ids(con, f"read_parquet({by_id}, hive_partitioning = false)")
         return occurrences, reused, copies
     finally:
         con.close()

@@ -187,18 +187,22 @@ def group_records(con: duckdb.DuckDBPyConnection) -> tuple[pd.DataFrame, pd.Data
         ORDER BY execution_fingerprint, executionId, src, line
         """
     ).df()
+    reused, copies = reused_ids(con, f"(SELECT executionId, source, {_CONTENT} AS content FROM records)")
+    return occurrences, reused, copies
+
+
+def reused_ids(con: duckdb.DuckDBPyConnection, relation: str) -> tuple[pd.DataFrame, int]:
+    """(executionIds seen with different content, copies of the same record) over rows of executionId, source, content."""
     repeated = con.execute(
         f"""
-        WITH repeated AS (SELECT executionId FROM records GROUP BY ALL HAVING count(*) > 1)
-        SELECT executionId, count(*) AS n, count(DISTINCT {_CONTENT}) AS versions,
-               list(DISTINCT source ORDER BY source) AS sources
-        FROM records SEMI JOIN repeated USING (executionId) GROUP BY executionId
+        WITH ids AS (SELECT * FROM {relation}), repeated AS (SELECT executionId FROM ids GROUP BY ALL HAVING count(*) > 1)
+        SELECT executionId, count(*) AS n, count(DISTINCT content) AS versions, list(DISTINCT source ORDER BY source) AS sources
+        FROM ids SEMI JOIN repeated USING (executionId) GROUP BY executionId
         """
     ).df()
     reused = repeated[repeated["versions"] > 1][["executionId", "versions", "sources"]]
     reused = reused.sort_values("executionId", kind="stable").reset_index(drop=True)
-    copies = int((repeated.loc[repeated["versions"] == 1, "n"] - 1).sum())
-    return occurrences, reused, copies
+    return reused, int((repeated.loc[repeated["versions"] == 1, "n"] - 1).sum())
 
 
 def _collapse_copies(occurrences: pd.DataFrame) -> pd.DataFrame:
@@ -336,7 +340,10 @@ def _strict_rows(path: Path, name: str, unreadable: list[dict[str, Any]]) -> pd.
         if att is None:
             unreadable.append({"source": name, "line": number, "reason": problem})
             continue
-        rows.append((*(att[m] for m in _STRING_MEMBERS), att["decision"], number))
+        d = att["decision"]  # members in _DECISION's order, so the struct (and its text) is the one read_json gives
+        decision = {"action": d["action"], "requires_override": d["requires_override"], "reason": d["reason"],
+                    "ruleId": d["ruleId"]}
+        rows.append((*(att[m] for m in _STRING_MEMBERS), decision, number))
     return pd.DataFrame(rows, columns=[*_STRING_MEMBERS, "decision", "n"])
 
 

@@ -125,6 +125,8 @@ def reproduce(
     policies: str | Path | PolicyStore | None = None,
     evaluator: Evaluator = decide,
     progress: Progress = False,
+    client: Any = None,
+    scratch: str | Path | None = None,
 ) -> ReproReport:
     """Re-run every execution of an archive or audit DB file and compare decisions.
 
@@ -133,7 +135,8 @@ def reproduce(
     (loaded from ``policies``, a policy folder; a version that does not exist,
     or a policyId no record uses, is refused); ``evaluator`` is the decision
     function, given signals already validated against the policy (the kit's own
-    ``decide`` by default). ``progress`` is as for verify_archive.
+    ``decide`` by default). ``progress`` is as for verify_archive. With a Dask ``client`` an archive is
+    re-run block by block on the workers (cluster.py; an audit DB file stays on this machine).
     """
     what_if = dict(policy_versions or {})
     store = policies if isinstance(policies, PolicyStore) else PolicyStore(policies) if policies else None
@@ -141,8 +144,24 @@ def reproduce(
         raise ArchiveError("ARC-005", "a what-if re-run needs the folder of the policy versions to use (policies=...)")
     for pid, version in what_if.items():
         store.get(pid, version)  # POL-001 now, not NOT_REPLAYABLE on every row later
-    here = (runtime_hash(runtime_manifest()), evaluator_artifact_hash())
     name = source_name(source)
+    if client is not None and open_in_process(source) is None and not is_duckdb_file(Path(source)):
+        from .cluster import reproduce_on_cluster
+
+        rows = reproduce_on_cluster(client, source, what_if, store.root if store else None, evaluator, scratch=scratch,
+                                    progress=progress)
+    else:
+        rows = _reproduce_rows(source, name, what_if, store, evaluator, progress)
+    unused = sorted(set(what_if) - {r["policyId"] for r in rows})
+    if unused:
+        raise PolicyError("POL-023", "policy", f"--policy-version names {', '.join(unused)}, which no record in {name} uses "
+                          "(a typo? `parmana-lab audit reproduce SOURCE` lists what is there)")
+    return ReproReport(name, rows, what_if)
+
+
+def _reproduce_rows(source: Any, name: str, what_if: dict[str, str], store: PolicyStore | None, evaluator: Evaluator,
+                    progress: Progress) -> list[dict[str, Any]]:
+    here = (runtime_hash(runtime_manifest()), evaluator_artifact_hash())
     rows: list[dict[str, Any]] = []
     with _records(source) as (records, archived, total, overrides), progress_bar(progress, total, f"reproduce {Path(name).name}",
                                                                       "exec") as bar:
@@ -155,11 +174,31 @@ def reproduce(
             if len(rows) % PROGRESS_STEP == 0:
                 bar.update(PROGRESS_STEP)
         bar.update(len(rows) % PROGRESS_STEP)
-    unused = sorted(set(what_if) - {r["policyId"] for r in rows})
-    if unused:
-        raise PolicyError("POL-023", "policy", f"--policy-version names {', '.join(unused)}, which no record in {name} uses "
-                          "(a typo? `parmana-lab audit reproduce SOURCE` lists what is there)")
-    return ReproReport(name, rows, what_if)
+    return rows
+
+
+def reproduce_block(root: Path, first_line: int, lines: list[bytes], signals: list[bytes | None], what_if: dict[str, str],
+                    policies: Path | None, evaluator: Evaluator, overrides: dict[str, str]) -> list[dict[str, Any]]:
+    """The rows of a run of an archive's lines (what a cluster's worker computes for one block)."""
+    here = (runtime_hash(runtime_manifest()), evaluator_artifact_hash())
+    archived = load_archive_policies(root)
+    store = PolicyStore(policies) if policies is not None else None
+    rows = []
+    for n, (line, paired) in enumerate(zip(lines, signals)):
+        row = _replay_one(first_line + n, line, paired, archived, what_if, store, evaluator, here)
+        row["unverified"] = False
+        if row.pop("pending", False):
+            row["override"] = overrides.get(row["executionId"], "pending")
+        rows.append(row)
+    return rows
+
+
+def archive_override_states(root: Path) -> dict[str, str]:
+    """Each execution's override state as an archive records it (its last record: an outcome, else pending)."""
+    from .override_check import read_records
+
+    trails, _ = read_records(root) if (root / OVERRIDES).is_file() else ({}, [])
+    return {eid: records[-1].body["outcome"] if records[-1].kind == "outcome" else "pending" for eid, records in trails.items()}
 
 
 def _replay_one(line_no, line, signals_line, archived, what_if, store, evaluator, here) -> dict[str, Any]:
@@ -268,12 +307,7 @@ def _records(source: Any) -> Iterator[tuple[Iterator[tuple[int, bytes, bytes | N
             for number, line in enumerate(iter_lines(lines_path), start=1):
                 yield number, line, aligner.for_line(line) if aligner else None, False
 
-        from .override_check import read_records
-
-        trails, _ = read_records(root) if (root / OVERRIDES).is_file() else ({}, [])
-        states = {eid: records[-1].body["outcome"] if records[-1].kind == "outcome" else "pending"
-                  for eid, records in trails.items()}
-        yield lines(), load_archive_policies(root), _manifest_count(root), states
+        yield lines(), load_archive_policies(root), _manifest_count(root), archive_override_states(root)
 
 
 def _override_states(con) -> dict[str, str]:

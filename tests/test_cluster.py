@@ -247,3 +247,25 @@ def test_audit_replays_on_a_local_cluster_prints_what_one_machine_prints(replay_
     here, there = run(), run("--scheduler", "local:2", "--scratch", str(tmp_path))
     assert here.returncode == there.returncode == 1 and "Traceback" not in there.stderr
     assert here.stdout == there.stdout
+
+
+@pytest.mark.parametrize("kind", ["archive", "archive.zip", "what-if", "signals-edited", "signals-line-deleted"])
+def test_reproduce_on_the_cluster_equals_the_local_call(made, client, tmp_path, kind):
+    from parmana_lab import reproduce
+
+    root, archive, _ = made
+    source, options = root / "archive", {}
+    if kind == "archive.zip":
+        source = root / "archive.zip"
+    elif kind == "what-if":
+        options = {"policy_versions": {"loan-approval": "1.0.0"}, "policies": default_policy_dir()}
+    elif kind.startswith("signals"):
+        source = copy(archive, tmp_path, "bad")
+        items, sig = lines(source), (source / "signals.jsonl").read_bytes().splitlines()
+        TAMPERS[kind](items, sig)
+        (source / "signals.jsonl").write_bytes(b"".join(s + b"\n" for s in sig))
+    here = reproduce(source, **options)
+    there = reproduce(source, client=client, scratch=tmp_path / "s", **options)
+    assert there.rows == here.rows and there.summary == here.summary
+    if kind == "what-if":
+        assert here.summary.statuses["DIVERGED"] > 0
