@@ -29,16 +29,28 @@ from .replays import _CONTENT, ReplayReport, _create_views, _part, _strict_part,
 _BAD = "executionId IS NULL OR execution_fingerprint IS NULL OR decision IS NULL"
 
 
-def _connect() -> duckdb.DuckDBPyConnection:
+def _connect(threads: int | None = None) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
     con.execute("SET enable_progress_bar = false")
     con.execute("SET TimeZone = 'UTC'")
+    if threads is not None:
+        con.execute(f"SET threads = {threads}")
     return con
+
+
+def _worker_threads() -> int | None:
+    """A Dask worker's share of the cores (its nthreads), so DuckDB does not oversubscribe the machine."""
+    try:
+        from distributed import get_worker
+
+        return get_worker().nthreads
+    except (ImportError, ValueError, AttributeError):
+        return None
 
 
 def _bucket_source(i: int, source: Any, name: str, run: str, buckets: int) -> dict[str, Any]:
     """Pass 1 for one source: its records into by_fp/src{i}/ and by_id/src{i}/, one folder per bucket."""
-    con, stack = _connect(), ExitStack()
+    con, stack = _connect(_worker_threads()), ExitStack()
     try:
         sql, lines = _part(con, stack, i, source, name)
         unreadable: list[dict[str, Any]] = []
@@ -74,7 +86,7 @@ def _files(run: str, key: str, bucket: int) -> str | None:
 
 def _group_bucket(run: str, bucket: int) -> tuple[pd.DataFrame | None, pd.DataFrame | None, int]:
     """Pass 2 for one bucket: group_records over the fingerprint bucket (replays) and the executionId bucket (reuse)."""
-    con = _connect()
+    con = _connect(_worker_threads())
     try:
         occurrences = reused = None
         copies = 0
