@@ -43,7 +43,7 @@ def _worker_threads() -> int | None:
     try:
         from distributed import get_worker
 
-        return get_worker().nthreads
+        return get_worker().state.nthreads
     except (ImportError, ValueError, AttributeError):
         return None
 
