@@ -36,7 +36,7 @@ BLOCK_LINES = 4_096  # 2**12: ~0.2 s of work per task, far above a task's 2-5 ms
 
 
 class ClusterTaskError(ParmanaError):
-    """A task failed on a worker: the kit's own refusal when it was one, else the error, naming archive and lines."""
+    """A task failed on a worker with an error that is not one of the kit's refusals (those come back as themselves)."""
 
 
 def _guarded(fn, where: str, *args: Any) -> tuple[str, Any]:
@@ -44,16 +44,16 @@ def _guarded(fn, where: str, *args: Any) -> tuple[str, Any]:
     the kit's refusals as one machine words them, anything else naming the archive and lines it happened on."""
     try:
         return "ok", fn(*args)
-    except ParmanaError as exc:
-        return "error", (exc.code, exc.stage, exc.reason)
+    except ParmanaError as exc:  # pickles losslessly (ParmanaError.__reduce__): raised again, same class, on the client
+        return "error", exc
     except Exception as exc:  # noqa: BLE001 - reported as a structured error by the client, never swallowed
-        return "error", ("ARC-001", "archive", f"{where}: {type(exc).__name__}: {exc}")
+        return "error", ClusterTaskError("ARC-001", "archive", f"{where}: {type(exc).__name__}: {exc}")
 
 
 def _unwrap(result: tuple[str, Any]) -> Any:
     status, value = result
     if status == "error":
-        raise ClusterTaskError(*value)
+        raise value
     return value
 
 

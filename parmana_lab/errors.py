@@ -44,7 +44,10 @@ class ParmanaError(Exception):
 
 
 def _rebuild(cls, code, stage, reason, details):
-    return cls(code, stage, reason, **details)
+    """Subclasses take their own constructor arguments (ArchiveError(code, reason), …): rebuild past them."""
+    exc = cls.__new__(cls)
+    ParmanaError.__init__(exc, code, stage, reason, **details)
+    return exc
 
 
 class CanonicalizationError(ParmanaError):
@@ -83,10 +86,3 @@ class OverrideError(ParmanaError):
 
     def __init__(self, code: str, reason: str, **details: Any) -> None:
         super().__init__(code, "override", reason, **details)
-
-    def __reduce__(self):
-        return (_rebuild_override, (self.code, self.reason, self.details))
-
-
-def _rebuild_override(code, reason, details):
-    return OverrideError(code, reason, **details)
