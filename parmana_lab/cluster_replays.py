@@ -95,7 +95,7 @@ def _group_bucket(run: str, bucket: int) -> tuple[pd.DataFrame | None, pd.DataFr
             _create_views(con, [(f"SELECT * FROM read_parquet({by_fp}, hive_partitioning = false)", None)])
             occurrences, _, _ = group_records(con)
         if by_id is not None:
-            reused, copies = reused_ids(con, f"read_parquet({by_id}, hive_partitioning = false)")
+            reused, copies = reused_ids(con, f"read_parquet({by_id}, hive_partitioning = false)", "content")
         return occurrences, reused, copies
     finally:
         con.close()

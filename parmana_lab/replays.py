@@ -187,17 +187,18 @@ def group_records(con: duckdb.DuckDBPyConnection) -> tuple[pd.DataFrame, pd.Data
         ORDER BY execution_fingerprint, executionId, src, line
         """
     ).df()
-    reused, copies = reused_ids(con, f"(SELECT executionId, source, {_CONTENT} AS content FROM records)")
+    reused, copies = reused_ids(con, "records", _CONTENT)
     return occurrences, reused, copies
 
 
-def reused_ids(con: duckdb.DuckDBPyConnection, relation: str) -> tuple[pd.DataFrame, int]:
-    """(executionIds seen with different content, copies of the same record) over rows of executionId, source, content."""
+def reused_ids(con: duckdb.DuckDBPyConnection, relation: str, content: str) -> tuple[pd.DataFrame, int]:
+    """(executionIds seen with different content, copies of the same record) over ``relation``; ``content`` is hashed
+    only for executionIds seen more than once."""
     repeated = con.execute(
         f"""
-        WITH ids AS (SELECT * FROM {relation}), repeated AS (SELECT executionId FROM ids GROUP BY ALL HAVING count(*) > 1)
-        SELECT executionId, count(*) AS n, count(DISTINCT content) AS versions, list(DISTINCT source ORDER BY source) AS sources
-        FROM ids SEMI JOIN repeated USING (executionId) GROUP BY executionId
+        WITH repeated AS (SELECT executionId FROM {relation} GROUP BY ALL HAVING count(*) > 1)
+        SELECT executionId, count(*) AS n, count(DISTINCT {content}) AS versions, list(DISTINCT source ORDER BY source) AS sources
+        FROM {relation} SEMI JOIN repeated USING (executionId) GROUP BY executionId
         """
     ).df()
     reused = repeated[repeated["versions"] > 1][["executionId", "versions", "sources"]]
