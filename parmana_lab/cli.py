@@ -852,8 +852,9 @@ def cmd_overrides(args: argparse.Namespace) -> int:
                     _line({"kind": r.kind, "hash": r.hash, "body": r.body})
                 else:
                     print(record_line(r))
-            if not args.json:
-                print(f"state: {trail.state}")
+            if args.json:
+                return _summary(EXIT_OK, executionId=execution_id, state=trail.state, records=len(trail.records))
+            print(f"state: {trail.state}")
     return EXIT_OK
 
 

@@ -215,10 +215,27 @@ def _index_of(root_result: tuple[str, Any], block: int) -> tuple[str, Any]:
     return index_task(root_result[1], block)
 
 
-def _land(client: Any, path: str, launched: Any, block: int, progress: Progress, options: dict[str, Any]):
-    """Take an archive's results as they come, join them in line order (each block exactly once), finish the report."""
+def _in_line_order(futures: dict[Any, int], path: Any, block: int, progress: Progress, total: int, verb: str, unit: str,
+                   lines_of) -> list:
+    """Every block's result, taken as it completes and returned in line order; ARC-001 for a block that comes back
+    twice, misplaced (its first line is not where its block starts) or not at all."""
     from distributed import as_completed
 
+    results: dict[int, Any] = {}
+    with progress_bar(progress, total, f"{verb} {Path(str(path)).name}", unit) as bar:
+        for future in as_completed(list(futures)):
+            result, b = _unwrap(future.result()), futures[future]
+            if b in results or result[0] != b * block + 1:
+                raise ArchiveError("ARC-001", f"{path}: block {b} came back twice or misplaced (line {result[0]})")
+            results[b] = result
+            bar.update(lines_of(result))
+    if sorted(results) != list(range(len(futures))):
+        raise ArchiveError("ARC-001", f"{path}: blocks {sorted(set(range(len(futures))) - set(results))} never came back")
+    return [results[b] for b in range(len(futures))]
+
+
+def _land(client: Any, path: str, launched: Any, block: int, progress: Progress, options: dict[str, Any]):
+    """Take an archive's results as they come, join them in line order (each block exactly once), finish the report."""
     from .verify import RowTable, finish_tree
 
     if isinstance(launched, ParmanaError):
@@ -227,20 +244,9 @@ def _land(client: Any, path: str, launched: Any, block: int, progress: Progress,
         if not isinstance(launched, tuple):  # verified whole on one worker
             return _unwrap(launched.result())
         start, index, futures = launched
-        results: dict[int, tuple] = {}
-        with progress_bar(progress, index["count"], f"verify {Path(path).name}", "att") as bar:
-            for future in as_completed(list(futures)):
-                first, rows, subtrees, n = _unwrap(future.result())
-                b = futures[future]
-                if b in results or first != b * block + 1:
-                    raise ArchiveError("ARC-001", f"{path}: block {b} came back twice or misplaced (line {first})")
-                results[b] = (rows, subtrees, n)
-                bar.update(n)
-        if sorted(results) != list(range(len(futures))):
-            raise ArchiveError("ARC-001", f"{path}: blocks {sorted(set(range(len(futures))) - set(results))} never came back")
         table, merkle = RowTable(), MerkleBuilder()
-        for b in range(len(futures)):
-            rows, subtrees, _ = results.pop(b)
+        for _first, rows, subtrees, _ in _in_line_order(futures, path, block, progress, index["count"], "verify", "att",
+                                                         lambda result: result[3]):
             table.add_packed(rows)
             merkle.add_subtrees(subtrees)
         if len(table) != index["count"]:
@@ -253,16 +259,17 @@ def _land(client: Any, path: str, launched: Any, block: int, progress: Progress,
 
 
 def reproduce_task(root: str, first_line: int, span: tuple[int, int], signal_span: tuple[int, int] | None,
-                   what_if: dict[str, str], policies: str | None, evaluator: Any) -> tuple[str, Any]:
-    """One aligned block of an archive re-run (reproducibility.reproduce_block)."""
-    def run() -> list[dict[str, Any]]:
-        from .reproducibility import archive_override_states, reproduce_block
+                   what_if: dict[str, str], policies: str | None, evaluator: Any, archived: dict,
+                   overrides: dict[str, str]) -> tuple[str, Any]:
+    """One aligned block of an archive re-run (reproducibility.reproduce_block): (first line, rows)."""
+    def run() -> tuple[int, list[dict[str, Any]]]:
+        from .reproducibility import reproduce_block
 
         tree = Path(root)
         lines = _read(tree / ATTESTATIONS, *span).split(b"\n")
         sigs = _read(tree / SIGNALS, *signal_span).split(b"\n") if signal_span is not None else [None] * len(lines)
-        return reproduce_block(tree, first_line, lines, sigs, what_if, Path(policies) if policies else None, evaluator,
-                               archive_override_states(tree))
+        return first_line, reproduce_block(first_line, lines, sigs, what_if, Path(policies) if policies else None,
+                                           evaluator, archived, overrides)
 
     return _guarded(run, f"{root} lines {first_line}-")
 
@@ -273,7 +280,8 @@ def reproduce_on_cluster(client: Any, source: Any, what_if: dict[str, str], poli
     """reproduce's rows for an archive, a task per block (or, signals out of step, one worker for the whole)."""
     import tempfile
 
-    from distributed import as_completed
+    from .checks import load_archive_policies
+    from .reproducibility import archive_override_states
 
     block = 1 << max(block_lines, 1).bit_length() - 1
     scratch_dir = Path(scratch) if scratch is not None else Path(tempfile.mkdtemp(prefix="parmana-cluster-"))
@@ -284,22 +292,17 @@ def reproduce_on_cluster(client: Any, source: Any, what_if: dict[str, str], poli
     if not index["paired"]:
         return _unwrap(client.submit(_guarded, _reproduce_whole, str(source), root, what_if, policy_dir, evaluator,
                                      pure=False).result())
+    # read once here (small files the client sees), shipped once to every worker
+    archived, overrides = client.scatter([load_archive_policies(Path(root)), archive_override_states(Path(root))],
+                                         broadcast=True, hash=False)
     offsets, signal_offsets = index["offsets"], index["signal_offsets"]
     futures = {client.submit(reproduce_task, root, b * block + 1, (offsets[b], offsets[b + 1]),
                              (signal_offsets[b], signal_offsets[b + 1]) if signal_offsets is not None else None,
-                             what_if, policy_dir, evaluator, pure=False): b
+                             what_if, policy_dir, evaluator, archived, overrides, pure=False): b
                for b in range(len(offsets) - 1 if index["count"] else 0)}
-    results: dict[int, list] = {}
-    with progress_bar(progress, index["count"], f"reproduce {Path(str(source)).name}", "exec") as bar:
-        for future in as_completed(list(futures)):
-            b = futures[future]
-            if b in results:
-                raise ArchiveError("ARC-001", f"{source}: block {b} came back twice")
-            results[b] = _unwrap(future.result())
-            bar.update(len(results[b]))
-    if sorted(results) != list(range(len(futures))):
-        raise ArchiveError("ARC-001", f"{source}: blocks {sorted(set(range(len(futures))) - set(results))} never came back")
-    return [row for b in range(len(futures)) for row in results[b]]
+    return [row for _, rows in _in_line_order(futures, source, block, progress, index["count"], "reproduce", "exec",
+                                              lambda result: len(result[1]))
+            for row in rows]
 
 
 def _reproduce_whole(root: str, what_if: dict[str, str], policies: str | None, evaluator: Any) -> list[dict[str, Any]]:

@@ -24,18 +24,9 @@ import pandas as pd
 from .archive import ArchiveError
 from .audit import open_in_process, source_name
 from .cluster import _guarded, _unwrap
-from .replays import _CONTENT, ReplayReport, _create_views, _part, _strict_part, group_records, reused_ids
+from .replays import _CONTENT, ReplayReport, _create_views, _part, _strict_part, group_records, memory_connection, reused_ids
 
 _BAD = "executionId IS NULL OR execution_fingerprint IS NULL OR decision IS NULL"
-
-
-def _connect(threads: int | None = None) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect()
-    con.execute("SET enable_progress_bar = false")
-    con.execute("SET TimeZone = 'UTC'")
-    if threads is not None:
-        con.execute(f"SET threads = {threads}")
-    return con
 
 
 def _worker_threads() -> int | None:
@@ -50,7 +41,7 @@ def _worker_threads() -> int | None:
 
 def _bucket_source(i: int, source: Any, name: str, run: str, buckets: int) -> dict[str, Any]:
     """Pass 1 for one source: its records into by_fp/src{i}/ and by_id/src{i}/, one folder per bucket."""
-    con, stack = _connect(_worker_threads()), ExitStack()
+    con, stack = memory_connection(_worker_threads()), ExitStack()
     try:
         sql, lines = _part(con, stack, i, source, name)
         unreadable: list[dict[str, Any]] = []
@@ -79,14 +70,15 @@ def bucket_task(i: int, source: str, name: str, run: str, buckets: int) -> tuple
     return _guarded(_bucket_source, source, i, source, name, run, buckets)
 
 
-def _files(run: str, key: str, bucket: int) -> str | None:
+def _files(run: str | Path, key: str, bucket: int | str = "*") -> str | None:
+    """A SQL list of the Parquet files of one bucket (every bucket: "*") of one split; None when there is none."""
     found = sorted(Path(run, key).glob(f"src*/bucket={bucket}/*.parquet"))
     return "[" + ", ".join(f"'{_text(str(f))}'" for f in found) + "]" if found else None
 
 
 def _group_bucket(run: str, bucket: int) -> tuple[pd.DataFrame | None, pd.DataFrame | None, int]:
     """Pass 2 for one bucket: group_records over the fingerprint bucket (replays) and the executionId bucket (reuse)."""
-    con = _connect(_worker_threads())
+    con = memory_connection(_worker_threads())
     try:
         occurrences = reused = None
         copies = 0
@@ -120,15 +112,16 @@ def find_replays_on_cluster(client: Any, sources: list[Any], *, scratch: str | P
         else:
             passes.append(client.submit(bucket_task, i, str(source), name, str(run), buckets, pure=False))
     firsts = [_unwrap(p if isinstance(p, tuple) else p.result()) for p in passes]  # every source bucketed before grouping
-    if not _files_all(run):  # no records anywhere (empty sources): nothing to distribute
+    every = _files(run, "by_fp")
+    if every is None:  # no records anywhere (empty sources): nothing to distribute
         from .replays import find_replays
 
         return find_replays(sources)
     groups = [client.submit(group_task, str(run), b, pure=False) for b in range(buckets)]
     parts = [_unwrap(g.result()) for g in groups]
-    con = _connect()
+    con = memory_connection()
     try:
-        _create_views(con, [(f"SELECT * FROM read_parquet([{_files_all(run)}], hive_partitioning = false)", None)])
+        _create_views(con, [(f"SELECT * FROM read_parquet({every}, hive_partitioning = false)", None)])
         # some bucket of each kind holds records (there are files), so each concat has a frame with the columns
         occurrences = pd.concat([p[0] for p in parts if p[0] is not None], ignore_index=True)
         occurrences = occurrences.sort_values(["execution_fingerprint", "executionId", "src", "line"], kind="stable")
@@ -142,10 +135,6 @@ def find_replays_on_cluster(client: Any, sources: list[Any], *, scratch: str | P
         con.close()
         raise
 
-
-def _files_all(run: Path) -> str:
-    """Every record's Parquet file (the fingerprint split), as a SQL list's items; empty when there is none."""
-    return ", ".join(f"'{_text(str(f))}'" for f in sorted(run.glob("by_fp/src*/bucket=*/*.parquet")))
 
 
 def _text(text: str) -> str:

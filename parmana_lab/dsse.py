@@ -28,16 +28,13 @@ class EnvelopeError(ValueError):
 
 
 def seal_envelope(payload_type: str, body: dict[str, Any], key: SigningKey) -> dict[str, Any]:
-    payload = canonicalize(body)
-    sig = key.sign(pae(payload_type, payload))
-    return {"payloadType": payload_type, "payload": base64.b64encode(payload).decode("ascii"),
-            "signatures": [{"keyid": key.key_id, "sig": base64.b64encode(sig).decode("ascii")}]}
+    return parse_json(seal_payload(payload_type, canonicalize(body), key))
 
 
 def seal_payload(payload_type: str, payload: bytes, key: SigningKey) -> bytes:
-    """JCS of the envelope seal_envelope would make for a payload already in JCS form, written directly: every
-    member is ASCII without escapes (base64, the kit's payload types, hex keyids), so this is its canonical form
-    (tests hold it to canonicalize(seal_envelope(...)))."""
+    """JCS of the signed envelope of a payload already in JCS form, written directly: every member is ASCII
+    without escapes (base64, the kit's payload types, hex keyids), so this is its canonical form (a test holds it
+    to canonicalize(parse(...)), with non-ASCII payloads)."""
     sig = base64.b64encode(key.sign(pae(payload_type, payload)))
     return b'{"payload":"%s","payloadType":"%s","signatures":[{"keyid":"%s","sig":"%s"}]}' % (
         base64.b64encode(payload), payload_type.encode("ascii"), key.key_id.encode("ascii"), sig)

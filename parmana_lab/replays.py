@@ -240,10 +240,8 @@ def find_replays(sources: Source | Sequence[Source], *, client: Any = None, scra
     if not sources:
         raise ArchiveError("ARC-005", "find_replays needs at least one archive or audit DB")
     stack = ExitStack()
-    con = duckdb.connect()
+    con = memory_connection()
     try:
-        con.execute("SET enable_progress_bar = false")
-        con.execute("SET TimeZone = 'UTC'")
         names = [source_name(source) for source in sources]
         parts = [_part(con, stack, i, source, name) for i, (source, name) in enumerate(zip(sources, names))]
         unreadable: list[dict[str, Any]] = []
@@ -259,6 +257,16 @@ def find_replays(sources: Source | Sequence[Source], *, client: Any = None, scra
         con.close()
         stack.close()
         raise
+
+
+def memory_connection(threads: int | None = None) -> duckdb.DuckDBPyConnection:
+    """The in-memory DuckDB a replay search runs in (here, or a cluster's worker with its share of the cores)."""
+    con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
+    con.execute("SET TimeZone = 'UTC'")
+    if threads is not None:
+        con.execute(f"SET threads = {threads}")
+    return con
 
 
 def _create_views(con, parts: list[tuple[str, Path | None]]) -> None:

@@ -177,11 +177,12 @@ def _reproduce_rows(source: Any, name: str, what_if: dict[str, str], store: Poli
     return rows
 
 
-def reproduce_block(root: Path, first_line: int, lines: list[bytes], signals: list[bytes | None], what_if: dict[str, str],
-                    policies: Path | None, evaluator: Evaluator, overrides: dict[str, str]) -> list[dict[str, Any]]:
-    """The rows of a run of an archive's lines (what a cluster's worker computes for one block)."""
+def reproduce_block(first_line: int, lines: list[bytes], signals: list[bytes | None], what_if: dict[str, str],
+                    policies: Path | None, evaluator: Evaluator, archived: dict[tuple[str, str], PolicyEntry],
+                    overrides: dict[str, str]) -> list[dict[str, Any]]:
+    """The rows of a run of an archive's lines (what a cluster's worker computes for one block), given the archive's
+    policies and override states."""
     here = (runtime_hash(runtime_manifest()), evaluator_artifact_hash())
-    archived = load_archive_policies(root)
     store = PolicyStore(policies) if policies is not None else None
     rows = []
     for n, (line, paired) in enumerate(zip(lines, signals)):

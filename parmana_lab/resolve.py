@@ -47,19 +47,17 @@ def _records(con, execution_ids: list[str] | None = None) -> dict[str, list[Over
     out: dict[str, list[OverrideRecord]] = defaultdict(list)
     for eid, seq, envelope in con.execute(f"SELECT executionId, seq, envelope FROM override_records {where} ORDER BY seq",
                                           params).fetchall():
-        try:
-            out[eid].append(record_of(envelope))
-        except EnvelopeError as exc:
-            raise OverrideError("SYS-024", f"override record {seq} of {eid} in the audit DB cannot be read ({exc}): the store "
-                                           "cannot do override transitions until it is repaired") from None
+        out[eid].append(_stored(envelope, f"override record {seq} of {eid}"))
     return out
 
 
-def _stored(envelope: str) -> OverrideRecord:
+def _stored(envelope: str, what: str = "an override request") -> OverrideRecord:
+    """A record as the audit DB holds it; SYS-024 when it cannot be read (the store cannot do transitions then)."""
     try:
         return record_of(envelope)
     except EnvelopeError as exc:
-        raise OverrideError("SYS-024", f"an override request in the audit DB cannot be read ({exc})") from None
+        raise OverrideError("SYS-024", f"{what} in the audit DB cannot be read ({exc}): the store cannot do override "
+                                       "transitions until it is repaired") from None
 
 
 def _current(records: list[OverrideRecord]) -> tuple[OverrideRecord | None, list[OverrideRecord], OverrideRecord | None]:

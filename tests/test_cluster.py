@@ -149,7 +149,7 @@ def test_a_worker_killed_mid_run_loses_nothing_and_counts_nothing_twice(made, cl
     report = verify_archive(bigger, store, progress=kill_once, client=client, chunk_lines=8, scratch=tmp_path / "s")
     assert killed, "the worker was never killed"
     same(expected, report)
-    client.wait_for_workers(2, timeout=60)  # the nanny restarts it for the next tests
+    client.wait_for_workers(2, timeout=120)  # the nanny restarts it for the next tests
 
 
 def test_the_command_line_on_a_local_cluster_prints_what_one_machine_prints(made, tmp_path):
@@ -230,7 +230,7 @@ def test_a_worker_killed_during_find_replays_changes_nothing(replay_sources, cli
         finally:
             timer.join()
     assert took > 0.3, f"the run ended ({took:.2f} s) before the worker was killed"  # so the kill landed mid-run
-    client.wait_for_workers(2, timeout=60)
+    client.wait_for_workers(2, timeout=120)
     assert victim not in client.run(os.getpid).values()
 
 

@@ -61,6 +61,9 @@ def test_the_workflow_end_to_end(tmp_path):
     (tmp_path / "junk.json").write_text("{not json")
     out = cli("--workspace", ws, "overrides", "submit", tmp_path / "junk.json", "--json", code=2)
     assert jsonl(out)[0]["code"] == "OVR-001" and jsonl(out)[-1]["summary"]["unusable"] == 1
+    *records, summary = jsonl(cli("--workspace", ws, "overrides", "trail", eid, "--json", code=0))
+    assert [r["kind"] for r in records] == ["request", "resolution", "resolution", "outcome"]
+    assert summary == {"summary": {"executionId": eid, "state": "approved", "records": 4, "exit": 0}}
     trail = cli("--workspace", ws, "overrides", "trail", eid, code=0).stdout
     assert trail.count("\nvote ") == 2 and "state: approved" in trail
     assert cli("--workspace", ws, "overrides", code=0).stdout.startswith("no pending override")
