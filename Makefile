@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test stress bench lab screenshots clean
+.PHONY: demo test test-browser stress bench lab notebooks screenshots clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(BIN)/parmana-lab demo
 
 test: $(STAMP)
-	$(BIN)/ruff check parmana_lab tests benchmarks
+	$(BIN)/ruff check parmana_lab tests benchmarks browser docs
 	$(BIN)/python -m pytest
 
 # 1,000 SIGKILLs at random points (make test runs 50): nothing handed back is lost, nothing is confirmed twice.
@@ -31,10 +31,20 @@ lab: $(STAMP)
 	$(BIN)/python -m pip install --quiet 'jupyterlab>=4.2,<5'
 	$(BIN)/jupyter lab notebooks/
 
-# Re-render docs/img/*.png in a real JupyterLab; needs a Chromium (Debian: apt install chromium).
+# Every panel in JupyterLab in headless Chromium (Debian: apt install chromium), one real interaction each;
+# screenshots land in build/browser/. .ci/run runs it after make test.
+test-browser: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,browser]'
+	$(BIN)/python -m pytest browser -o addopts="-ra --strict-markers" -p no:cacheprovider
+
+# Re-render docs/img/*.png: the browser tests' screenshots, written there instead.
 screenshots: $(STAMP)
-	$(BIN)/python -m pip install --quiet 'jupyterlab>=4.2,<5' 'playwright>=1.45'
+	$(BIN)/python -m pip install --quiet -e '.[dev,browser]'
 	$(BIN)/python docs/render_screenshots.py
+
+# Re-run every notebook and store it with its outputs (fixed clocks, ids and keys: unchanged code, unchanged outputs).
+notebooks: $(STAMP)
+	$(BIN)/python docs/render_notebooks.py
 
 clean:
 	rm -rf $(VENV) .parmana .pytest_cache

@@ -105,6 +105,11 @@ _EXPORTS = {
     "verify_archives": ".batch",
     "iter_verify_archives": ".batch",
     "BatchReport": ".batch",
+    "Classroom": ".classroom",
+    "LessonClock": ".classroom",
+    "lesson_key": ".classroom",
+    "FlowDiagram": ".diagram",
+    "flow_diagram": ".diagram",
 }
 __all__ = [
     "ATTESTATION_TYPE",
@@ -195,6 +200,11 @@ __all__ = [
     "verify_archives",
     "iter_verify_archives",
     "BatchReport",
+    "Classroom",
+    "LessonClock",
+    "lesson_key",
+    "FlowDiagram",
+    "flow_diagram",
 ]
 
 
@@ -219,6 +229,8 @@ if TYPE_CHECKING:
     from .batch import BatchReport, iter_verify_archives, verify_archives
     from .bundles import BundleVerdict, sign_bundle, verify_bundle
     from .canonical import canonical_hash, canonicalize, parse_json
+    from .classroom import Classroom, LessonClock, lesson_key
+    from .diagram import FlowDiagram, flow_diagram
     from .errors import (
         AuditStoreError,
         CanonicalizationError,

@@ -69,7 +69,8 @@ HINTS = {
     "MALFORMED": "the record is not a well-formed canonical v1 attestation: the archive was edited or damaged",
     "KEY_UNKNOWN": "signed by a key your trust store does not hold: get the signer's public key, or distrust the record",
     "SIGNATURE_INVALID": "the signature does not match the content: the record was altered after signing, or forged",
-    "KEY_REVOKED": "the signing key was revoked before this was issued: treat the record as untrusted",
+    "KEY_REVOKED": "the signing key was revoked at or before the moment this was issued (revokedAt <= issuedAt): treat the "
+                   "record as untrusted",
     "KEY_NOT_VALID_AT_ISSUE": "issued outside the signing key's validity window (before notBefore or after notAfter)",
     "FINGERPRINT_MISMATCH": "the archived signals do not give the attested execution_fingerprint",
     "SIGNALS_HASH_MISMATCH": "the archived signals do not hash to the attested signalsHash: signals were edited",
@@ -92,6 +93,19 @@ HINTS = {
     "OVERRIDE_CONFLICT": "contradictory override records: two outcomes, an outcome for a completed execution, a vote after "
                          "the outcome, or a new request while one was open",
     "RUNTIME_UNKNOWN": "produced by a runtime release this verifier does not know: not tampering, but check provenance",
+}
+# One attestation checked on its own (verify_attestation, the inspector): no archive is involved, the signals and
+# the policy are the ones handed to the check.
+SINGLE_HINTS = {
+    **HINTS,
+    "MALFORMED": "the record is not a well-formed canonical v1 attestation: it was edited or damaged after it was made",
+    "FINGERPRINT_MISMATCH": "the signals given do not give the attested execution_fingerprint",
+    "SIGNALS_HASH_MISMATCH": "the signals given do not hash to the attested signalsHash: they are not what was decided on",
+    "POLICY_MISSING": "the policy given is not the policy version this attestation names",
+    "BUNDLE_HASH_MISMATCH": "the policy given is not the policy that was applied (edited under the same version)",
+    "POLICY_UNSIGNED": "the policy given carries no signed bundle: nobody in your authority file is shown to have written it",
+    "POLICY_SIGNATURE_INVALID": "the policy's bundle signature does not verify, or does not cover this policy file",
+    "DECISION_MISMATCH": "re-evaluating the given policy on the given signals gives another decision",
 }
 _KEY_CODES = {"revoked": "KEY_REVOKED", "not_yet_valid": "KEY_NOT_VALID_AT_ISSUE", "expired": "KEY_NOT_VALID_AT_ISSUE"}
 

@@ -220,14 +220,17 @@ def _write_private(path: Path, key: SigningKey) -> None:
         raise
 
 
-def new_key_file(path: str | Path) -> SigningKey:
-    """A personal Ed25519 key (a witness's, an author's, an approver's) in a file of its own, mode 0600."""
+def new_key_file(path: str | Path, key: SigningKey | None = None) -> SigningKey:
+    """A personal Ed25519 key (a witness's, an author's, an approver's) in a file of its own, mode 0600.
+
+    ``key`` stores a key made elsewhere (the classroom's derived keys); by default a fresh random one.
+    """
     path = Path(path)
     if path.exists():
         raise KeyStoreError("KEY-006", "keys", f"{path} already exists; keys are never overwritten")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        key = SigningKey.generate()
+        key = key or SigningKey.generate()
         _write_private(path, key)
     except OSError as exc:
         raise KeyStoreError("KEY-006", "keys", f"cannot write {path}: {exc.strerror}") from None
@@ -326,10 +329,12 @@ class Keyring:
             raise KeyStoreError("KEY-002", "keys", f"private key file {path} does not hold key {key_id}")
         return key
 
-    def rotate(self) -> SigningKey:
-        """Make a new signing key; the previous one stays trusted for what it signed."""
+    def rotate(self, key: SigningKey | None = None) -> SigningKey:
+        """Make a new signing key (or install ``key``); the previous one stays trusted for what it signed."""
         now = format_ts(self._clock())
-        key = SigningKey.generate()
+        key = key or SigningKey.generate()
+        if self.trust_store().get(key.key_id) is not None:
+            raise KeyStoreError("KEY-006", "keys", f"key {key.key_id} is already in {self.trust_path}; keys are never reused")
         path = self.private_key_path(key.key_id)
         try:
             self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
