@@ -87,6 +87,8 @@ _EXPORTS = {
     "validate_signals": ".validation",
     "verify_archive": ".verify",
     "verify_attestation": ".verify",
+    "reason_codes": ".verify",
+    "REPLAY_STATES": ".audit",
     "verify_signature": ".attestation",
     "Authority": ".authority",
     "AuthorEntry": ".authority",
@@ -182,6 +184,8 @@ __all__ = [
     "validate_signals",
     "verify_archive",
     "verify_attestation",
+    "reason_codes",
+    "REPLAY_STATES",
     "verify_signature",
     "Authority",
     "AuthorEntry",
@@ -224,7 +228,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from .archive import ArchiveError, ArchiveManifest, ExportResult, export_archive, open_archive
     from .attestation import ATTESTATION_TYPE, ExecutionAttestation, pae, signing_message, to_dsse, verify_signature
-    from .audit import AuditDB
+    from .audit import REPLAY_STATES, AuditDB
     from .authority import ApproverEntry, AuthorEntry, Authority
     from .batch import BatchReport, iter_verify_archives, verify_archives
     from .bundles import BundleVerdict, sign_bundle, verify_bundle
@@ -264,6 +268,6 @@ if TYPE_CHECKING:
     from .runtime import Runtime
     from .translog import LogError, TransparencyLog
     from .validation import ExecutionRequest, parse_request, validate_signals
-    from .verify import ArchiveReport, VerificationResult, verify_archive, verify_attestation
+    from .verify import ArchiveReport, VerificationResult, reason_codes, verify_archive, verify_attestation
     from .witness import WitnessError, cosign, witness_vkey
     from .workspace import DEFAULT_WORKSPACE, Workspace, default_policy_dir, default_requests_dir

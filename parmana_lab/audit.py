@@ -423,6 +423,17 @@ def expiry(now: datetime, seconds: float) -> datetime:
 
 REFUSAL_COLUMNS = ("refused_at", "code", "stage", "reason", "input_hash", "policyId", "policyVersion", "executionId")
 CONSUMED = ("CONFIRMED", "PENDING_OVERRIDE", "OVERRIDDEN", "REJECTED", "EXPIRED")
+# What each state of a fingerprint in the replay table means (shown to students where they first meet the table).
+REPLAY_STATES = {
+    "RESERVED": "an execution is between its two transactions: the fingerprint is held (until reservation_ttl) so that a "
+                "second process cannot sign the same request meanwhile",
+    "FAILED": "the execution failed after reserving (nothing was signed); held for failed_ttl, then free to run again",
+    "CONFIRMED": "signed and recorded: the fingerprint is consumed for good, the same request again is INV-013",
+    "PENDING_OVERRIDE": "signed as pending_override and waiting for approvers' signatures; consumed all the same",
+    "OVERRIDDEN": "a pending execution the approvers approved (the threshold of distinct approvers was met); consumed",
+    "REJECTED": "a pending execution the approvers rejected; consumed: a rejected request is not tried again",
+    "EXPIRED": "a pending execution nobody decided in time (pendingTtlSeconds); consumed, `overrides reopen` asks again",
+}
 
 
 def _frame(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> dict[str, np.ndarray]:

@@ -56,6 +56,7 @@ from .canonical import canonicalize, parse_json
 from .checks import (
     CHECK_INDEX,
     CHECKS,
+    CODE_ORDER,
     CODE_RANK,
     FAILED,
     HINTS,
@@ -233,6 +234,12 @@ ARCHIVE_HINTS = {
     "OVERRIDES_MALFORMED": "lines of overrides.jsonl are not override records (DSSE envelopes of a request, resolution or "
                            "outcome): the decision trails cannot be read whole",
 }
+
+
+def reason_codes() -> dict[str, str]:
+    """Every code a verification can report, each with its hint: attestation codes from the most fundamental
+    (the one reported when several fail) down, then the archive-level codes."""
+    return {**{code: HINTS[code] for code in ("VERIFIED", *CODE_ORDER)}, **ARCHIVE_HINTS}
 
 
 class ArchiveSummary(BaseModel):

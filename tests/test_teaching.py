@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import stat
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
@@ -99,3 +100,24 @@ def test_a_key_revoked_exactly_at_issuance_is_described_as_such(tmp_path):
         rt.keyring.revoke(att.signerKeyId, at=att.issuedAt)
         result = pl.verify_attestation(att, rt.trust_store())
     assert result.code == "KEY_REVOKED" and "at or before" in result.hint and "revoked before" not in result.hint
+
+
+def test_the_readme_picture_is_the_one_the_code_draws():
+    from .conftest import REPO
+
+    assert (REPO / "docs" / "img" / "flow.svg").read_text(encoding="utf-8") == pl.flow_diagram().svg  # make notebooks
+
+
+def test_every_replay_state_and_every_reason_code_is_explained():
+    import re
+
+    from parmana_lab import audit, checks
+    from parmana_lab.verify import ARCHIVE_HINTS
+
+    written = {m for f in Path(audit.__file__).parent.glob("*.py")
+               for m in re.findall(r"(?:state\s*=\s*|THEN |ELSE )'([A-Z_]+)'|'([A-Z_]+)', executionId", f.read_text())
+               for m in m if m}
+    assert written and written <= set(pl.REPLAY_STATES)  # every state the SQL writes
+    assert set(pl.REPLAY_STATES) == {*audit.CONSUMED, "RESERVED", "FAILED"}
+    assert set(pl.reason_codes()) == set(checks.HINTS) | set(ARCHIVE_HINTS)
+    assert list(pl.reason_codes())[:2] == ["VERIFIED", checks.CODE_ORDER[0]]
