@@ -18,13 +18,22 @@ WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
 
 def _plain(nb: nbformat.NotebookNode) -> None:
-    """Drop what changes from run to run without meaning anything: widget view ids and per-cell timings."""
+    """Drop what changes from run to run without meaning anything: widget view ids, per-cell timings, and where
+    the kernel happened to split one cell's printed text into several messages."""
     nb.metadata.pop("widgets", None)
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
+        merged: list = []
         for out in cell.get("outputs", []):
             if WIDGET_VIEW in out.get("data", {}):
                 del out["data"][WIDGET_VIEW]
+            if out["output_type"] == "stream" and merged and merged[-1]["output_type"] == "stream" \
+                    and merged[-1]["name"] == out["name"]:
+                merged[-1]["text"] = "".join(merged[-1]["text"]) + "".join(out["text"])
+            else:
+                merged.append(out)
+        if "outputs" in cell:
+            cell.outputs = merged
 
 
 def render(path: Path) -> None:
