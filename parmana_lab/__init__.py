@@ -3,7 +3,8 @@
 Data flows canonical -> policy -> evaluate -> runtime -> audit -> archive -> verify;
 everything a notebook user needs is importable from here. Names load on first
 use, so worker processes and the CLI do not pay for DuckDB and pandas they do
-not touch.
+not touch; for the same reason every model is built on first use (pydantic's
+``defer_build``).
 """
 
 from __future__ import annotations

@@ -77,7 +77,7 @@ class ArchiveError(ParmanaError):
 class ArchiveManifest(BaseModel):
     """manifest.json; ``signature`` covers PAE(PARMANA_ARCHIVE_V1, JCS(every other member))."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
     format: Literal["parmana-archive"]
     formatVersion: Literal[1]
     createdAt: str
@@ -99,6 +99,8 @@ def manifest_message(manifest: dict[str, Any]) -> bytes:
 
 
 class ExportResult(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     path: str
     format: str
     count: int

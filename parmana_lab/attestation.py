@@ -98,7 +98,7 @@ def signing_message(body: dict[str, Any]) -> bytes:
 class ExecutionAttestation(BaseModel):
     """One signed execution. Field names are the wire names, mixed case and all."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, defer_build=True)
     executionId: str
     execution_fingerprint: str
     policyId: str

@@ -15,6 +15,7 @@ import time
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from itertools import chain
 from pathlib import Path
@@ -27,6 +28,7 @@ import pandas as pd
 from . import translog
 from .attestation import FIELDS
 from .errors import AuditStoreError, ParmanaError
+from .merkle import MerkleBuilder
 
 SCHEMA_VERSION = 5
 DECISION_FIELDS = ("action", "requires_override", "reason", "ruleId")
@@ -184,6 +186,10 @@ class AuditDB:
         self.path = Path(path)
         self.read_only = read_only
         self.transactions = 0
+        # Kept from this process's own committed writes (the file is ours alone while open): a policy version's
+        # first-used bundleHash, and the log frontier after the last append, so that one execution needs no reads.
+        self.known_policies: dict[tuple[str, str], str] = {}
+        self._tail: Tail | None = None
         self._lock = threading.RLock()
         self._con = connect(self.path, read_only=read_only, wait=wait)
         self._con.execute("SET enable_progress_bar = false")  # long exports must not scribble on stdout
@@ -211,6 +217,10 @@ class AuditDB:
     @property
     def connection(self) -> duckdb.DuckDBPyConnection:
         """The raw DuckDB connection, for your own SQL and relations."""
+        self._tail = None  # whatever is done with it, the next append reads where the log ends
+        return self._open_connection()
+
+    def _open_connection(self) -> duckdb.DuckDBPyConnection:
         if self._con is None:
             raise AuditStoreError("AUD-005", "audit", f"audit database {self.path} is closed")
         return self._con
@@ -219,6 +229,14 @@ class AuditDB:
         """Run a query and return a DataFrame (e.g. ``db.sql("from attestations")``)."""
         with self._lock:
             return self.connection.execute(query, params or []).df()
+
+    def tail(self, con: duckdb.DuckDBPyConnection) -> Tail:
+        """Where the attestations end: the next seq, the log's size and its frontier; read once, then kept."""
+        if self._tail is None:
+            start, leaves = con.execute("SELECT coalesce(max(seq), 0) + 1, coalesce(max(log_index) + 1, 0) FROM attestations"
+                                        ).fetchall()[0]
+            self._tail = Tail(start, leaves, translog.frontier(con, leaves))
+        return self._tail
 
     # -- schema -------------------------------------------------------------------
 
@@ -256,15 +274,22 @@ class AuditDB:
     # -- transactions ----------------------------------------------------------------
 
     @contextmanager
-    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """All-or-nothing: commits on success, rolls back and re-raises on any error."""
+    def transaction(self, *, keeps_tail: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """All-or-nothing: commits on success, rolls back and re-raises on any error.
+
+        ``keeps_tail``: the transaction does not add attestations behind ``confirm``'s back (reservations do not),
+        so the kept tail stays valid; any other transaction, and any failure, makes the next append read it again.
+        """
         with self._lock:
-            con = self.connection
+            con = self._open_connection()
+            if not keeps_tail:
+                self._tail = None
             self.transactions += 1
             con.execute("BEGIN TRANSACTION")
             try:
                 yield con
             except BaseException:
+                self._tail = None
                 try:
                     con.execute("ROLLBACK")
                 except duckdb.Error:
@@ -273,6 +298,7 @@ class AuditDB:
             try:
                 con.execute("COMMIT")
             except duckdb.Error as exc:
+                self._tail = None
                 raise AuditStoreError("AUD-006", "audit", f"commit to {self.path} failed: {exc}") from exc
 
     # -- reads ------------------------------------------------------------------------
@@ -440,6 +466,15 @@ def _frame(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> dict[str, n
     return {c: column([r[i] for r in rows]) for i, c in enumerate(columns)}
 
 
+@dataclass
+class Tail:
+    """The end of this process's attestations: kept between executions so that one append reads nothing."""
+
+    next_seq: int
+    leaves: int
+    frontier: MerkleBuilder
+
+
 class Registered:
     """Expose column dicts to SQL under fixed names for one block."""
 
@@ -481,44 +516,57 @@ def reserve(
     """
     at = utc(now)
     fps, ids, keys = zip(*candidates) if candidates else ((), (), ())
-    cand = {"i": np.arange(len(fps), dtype=np.int64), "execution_fingerprint": column(fps), "executionId": column(ids)}
-    with db.transaction() as con:
-        changed = _register_policies(con, policies, at)
+    with db.transaction(keeps_tail=True) as con:
+        changed, first_used = _register_policies(con, policies, at, db.known_policies)
         if bundles:
             changed = {**_register_bundles(con, bundles, at), **changed}
         refused = {i: changed[key] for i, key in enumerate(keys) if key in changed} if changed else {}
-        with Registered(con, cand=cand):
-            seen = con.execute(
-                "SELECT c.i, r.state, r.expires_at FROM cand c JOIN replay r USING (execution_fingerprint)"
-            ).fetchall()
-            used_ids = con.execute("SELECT c.i FROM cand c JOIN attestations a USING (executionId)").fetchall()
-            for i, state, expires_at in seen:
-                if state in CONSUMED:
-                    refused.setdefault(i, ("INV-013", f"Replay detected: execution_fingerprint {fps[i]} has already been consumed"))
-                elif expires_at is None or expires_at > at:
-                    why = "reserved by an execution in progress" if state == "RESERVED" else "held after a failed attempt"
-                    refused.setdefault(
-                        i, ("INV-014", f"execution_fingerprint {fps[i]} is {why}; retry after {expires_at:%Y-%m-%dT%H:%M:%SZ}")
-                    )
-            for (i,) in used_ids:
-                refused.setdefault(i, ("INV-015", f"executionId {ids[i]!r} is already recorded; each execution needs a new id"))
-            stale = {i for i, _, _ in seen} - refused.keys()  # expired or failed: replaced
-            insert = "INSERT {}INTO replay SELECT execution_fingerprint, 'RESERVED', executionId, ?, ?, ? FROM cand"
-            times = [at, at + timedelta(seconds=ttl), at]
-            if not refused and not stale:
-                con.execute(insert.format(""), times)
-            else:
-                fresh = [i for i in range(len(fps)) if i not in refused and i not in stale]
-                for picked, verb in ((fresh, ""), (sorted(stale), "OR REPLACE ")):
-                    if picked:
-                        with Registered(con, pick={"i": np.array(picked, dtype=np.int64)}):
-                            con.execute(insert.format(verb) + " SEMI JOIN pick USING (i)", times)
+        times = [at, at + timedelta(seconds=ttl), at]
+        _reserve_checked(con, fps, ids, refused, times, at)
         decided = clock() if clock is not None and refused else now  # when these refusals happened
         for i, (code, reason) in refused.items():
             pid, pver = keys[i]
             refusals.append((decided, code, "replay" if code.startswith("INV") else "policy", reason, fps[i], pid, pver, ids[i]))
         _insert_refusals(con, refusals)
+    db.known_policies.update(first_used)  # committed: later reservations need not read them again
     return refused
+
+
+def _reserve_checked(con, fps: Sequence[str], ids: Sequence[str], refused: dict[int, tuple[str, str]],
+                     times: list[datetime], at: datetime) -> None:
+    """Every candidate against the replay store and the recorded ids: consumed (INV-013), held (INV-014), id used
+    (INV-015) go into ``refused``; the rest are reserved, an expired or failed hold replaced."""
+    if len(fps) == 1:  # parameters cost less than a registered frame
+        seen = [(0, *r) for r in con.execute("SELECT state, expires_at FROM replay WHERE execution_fingerprint = ?",
+                                             [fps[0]]).fetchall()]
+        used_ids = con.execute("SELECT 0 FROM attestations WHERE executionId = ?", [ids[0]]).fetchall()
+    else:
+        with Registered(con, cand={"i": np.arange(len(fps), dtype=np.int64), "execution_fingerprint": column(fps),
+                                   "executionId": column(ids)}):
+            seen = con.execute(
+                "SELECT c.i, r.state, r.expires_at FROM cand c JOIN replay r USING (execution_fingerprint)"
+            ).fetchall()
+            used_ids = con.execute("SELECT c.i FROM cand c JOIN attestations a USING (executionId)").fetchall()
+    for i, state, expires_at in seen:
+        if state in CONSUMED:
+            refused.setdefault(i, ("INV-013", f"Replay detected: execution_fingerprint {fps[i]} has already been consumed"))
+        elif expires_at is None or expires_at > at:
+            why = "reserved by an execution in progress" if state == "RESERVED" else "held after a failed attempt"
+            refused.setdefault(
+                i, ("INV-014", f"execution_fingerprint {fps[i]} is {why}; retry after {expires_at:%Y-%m-%dT%H:%M:%SZ}")
+            )
+    for (i,) in used_ids:
+        refused.setdefault(i, ("INV-015", f"executionId {ids[i]!r} is already recorded; each execution needs a new id"))
+    stale = {i for i, _, _ in seen} - refused.keys()  # expired or failed: replaced
+    fresh = [i for i in range(len(fps)) if i not in refused and i not in stale]
+    for picked, verb in ((fresh, ""), (sorted(stale), "OR REPLACE ")):
+        if len(picked) == len(fps) == 1:
+            con.execute(f"INSERT {verb}INTO replay VALUES (?, 'RESERVED', ?, ?, ?, ?)", [fps[0], ids[0], *times])
+        elif picked:
+            with Registered(con, pick={"i": np.array(picked, dtype=np.int64), "execution_fingerprint":
+                                       column([fps[i] for i in picked]), "executionId": column([ids[i] for i in picked])}):
+                con.execute(f"INSERT {verb}INTO replay SELECT execution_fingerprint, 'RESERVED', executionId, ?, ?, ? "
+                            "FROM pick", times)
 
 
 def _backfill_log(con) -> None:
@@ -551,22 +599,30 @@ def _register_bundles(con, bundles: dict[tuple[str, str], tuple[int, str, list[s
     return refused
 
 
-def _register_policies(con, policies: dict[tuple[str, str], tuple[str, str]], at: datetime) -> dict:
-    """Record first use of each policy version; refuse one whose bytes changed since."""
+def _register_policies(con, policies: dict[tuple[str, str], tuple[str, str]], at: datetime,
+                       known: dict[tuple[str, str], str]) -> tuple[dict, dict[tuple[str, str], str]]:
+    """Record first use of each policy version; refuse one whose bytes changed since.
+
+    ``known`` holds first-used bundleHashes already read or written by this process (rows are never changed);
+    returns the refusals and the bundleHashes this call learned, to remember once the transaction commits.
+    """
     changed: dict[tuple[str, str], tuple[str, str]] = {}
+    learned: dict[tuple[str, str], str] = {}
     for (pid, pver), (bundle_hash, document) in policies.items():
-        rows = con.execute("SELECT bundleHash FROM policies WHERE policyId = ? AND policyVersion = ?", [pid, pver]).fetchall()
-        row = rows[0] if rows else None
-        if row is None:
-            con.execute("INSERT INTO policies (policyId, policyVersion, bundleHash, document, first_used_at) VALUES (?, ?, ?, ?, ?)",
-                        [pid, pver, bundle_hash, document, at])
-        elif row[0] != bundle_hash:
+        first = known.get((pid, pver))
+        if first is None:
+            rows = con.execute("SELECT bundleHash FROM policies WHERE policyId = ? AND policyVersion = ?", [pid, pver]).fetchall()
+            if not rows:
+                con.execute("INSERT INTO policies (policyId, policyVersion, bundleHash, document, first_used_at) "
+                            "VALUES (?, ?, ?, ?, ?)", [pid, pver, bundle_hash, document, at])
+            first = learned[(pid, pver)] = rows[0][0] if rows else bundle_hash
+        if first != bundle_hash:
             changed[(pid, pver)] = (
                 "POL-022",
-                f"policy {pid} {pver} changed after it was first used (bundleHash was {row[0]}, now {bundle_hash}); "
+                f"policy {pid} {pver} changed after it was first used (bundleHash was {first}, now {bundle_hash}); "
                 "published policies are immutable: publish the change as a new version",
             )
-    return changed
+    return changed, learned
 
 
 def _insert_refusals(con, refusals: list[tuple]) -> None:
@@ -580,7 +636,7 @@ def _insert_refusals(con, refusals: list[tuple]) -> None:
 def record_refusals(db: AuditDB, refusals: list[tuple]) -> None:
     """Refusals that happened before any reservation, in one transaction."""
     if refusals:
-        with db.transaction() as con:
+        with db.transaction(keeps_tail=True) as con:  # refusals only: the attestations' tail is untouched
             _insert_refusals(con, refusals)
 
 
@@ -597,35 +653,63 @@ def confirm(db: AuditDB, templates: list[dict[str, Any]], rows: list[tuple], *, 
     fingerprint is left PENDING_OVERRIDE instead of CONFIRMED.
     """
     at = utc(now)
+    with db.transaction(keeps_tail=True) as con:
+        tail = db.tail(con)
+        start, leaves, builder = tail.next_seq, tail.leaves, tail.frontier.copy()
+        if len(rows) == 1:
+            _confirm_one(con, templates[rows[0][0]], rows[0], start, leaves, builder, at)
+        else:
+            _confirm_many(con, templates, rows, start, leaves, builder, at)
+        if requests:
+            insert_override_records(con, [("request", h, eid, h, None, None, h, envelope) for eid, h, envelope in requests], at)
+        _insert_refusals(con, list(refusals))
+    db._tail = Tail(start + len(rows), leaves + len(rows), builder)  # committed: the next append reads nothing
+
+
+def _confirm_many(con, templates: list[dict[str, Any]], rows: list[tuple], start: int, leaves: int, builder: MerkleBuilder,
+                  at: datetime) -> None:
+    """A batch: shared fields once per template, rows and log nodes as registered frames, four statements."""
     shared = {
         "tpl": np.arange(len(templates), dtype=np.int64),
         **{name: column([t[name] for t in templates]) for name in _SHARED_FIELDS},
         **{f"decision_{name}": column([t["decision"][name] for t in templates]) for name in DECISION_FIELDS},
     }
-    columns = [column(c) for c in zip(*rows)]
-    with db.transaction() as con:
-        start, leaves = con.execute("SELECT coalesce(max(seq), 0) + 1, coalesce(max(log_index) + 1, 0) FROM attestations"
-                                    ).fetchall()[0]
-        new_rows = {"seq": np.arange(start, start + len(rows), dtype=np.int64), **dict(zip(_ROW_FIELDS, columns)),
-                    "log_index": np.arange(leaves, leaves + len(rows), dtype=np.int64)}
-        nodes = translog.append_nodes(con, leaves, [r[6].encode("utf-8") for r in rows])
-        with Registered(con, new_rows=new_rows, templates=shared, new_nodes=nodes):
-            con.execute(
-                f"INSERT INTO attestations ({', '.join(INSERT_COLUMNS)}) SELECT "
-                f"{', '.join(_select_column(c) for c in ATTESTATION_COLUMNS)}, CAST(n.issuedAt AS TIMESTAMPTZ), n.log_index "
-                "FROM new_rows n JOIN templates t USING (tpl)"
-            )
-            con.execute("INSERT INTO log_nodes SELECT level, end_leaf, hash FROM new_nodes")
-            con.execute("INSERT INTO signals SELECT executionId, signals FROM new_rows")
-            con.execute(
-                "UPDATE replay SET state = CASE WHEN t.execution_state = 'pending_override' THEN 'PENDING_OVERRIDE' "
-                "ELSE 'CONFIRMED' END, expires_at = NULL, updated_at = ? "
-                "FROM new_rows n JOIN templates t USING (tpl) WHERE replay.execution_fingerprint = n.execution_fingerprint",
-                [at],
-            )
-        if requests:
-            insert_override_records(con, [("request", h, eid, h, None, None, h, envelope) for eid, h, envelope in requests], at)
-        _insert_refusals(con, list(refusals))
+    new_rows = {"seq": np.arange(start, start + len(rows), dtype=np.int64), **dict(zip(_ROW_FIELDS, map(column, zip(*rows)))),
+                "log_index": np.arange(leaves, leaves + len(rows), dtype=np.int64)}
+    nodes = translog.append_nodes(con, leaves, [r[6].encode("utf-8") for r in rows], builder)
+    with Registered(con, new_rows=new_rows, templates=shared, new_nodes=nodes):
+        con.execute(
+            f"INSERT INTO attestations ({', '.join(INSERT_COLUMNS)}) SELECT "
+            f"{', '.join(_select_column(c) for c in ATTESTATION_COLUMNS)}, CAST(n.issuedAt AS TIMESTAMPTZ), n.log_index "
+            "FROM new_rows n JOIN templates t USING (tpl)"
+        )
+        con.execute("INSERT INTO log_nodes SELECT level, end_leaf, hash FROM new_nodes")
+        con.execute("INSERT INTO signals SELECT executionId, signals FROM new_rows")
+        con.execute(
+            "UPDATE replay SET state = CASE WHEN t.execution_state = 'pending_override' THEN 'PENDING_OVERRIDE' "
+            "ELSE 'CONFIRMED' END, expires_at = NULL, updated_at = ? "
+            "FROM new_rows n JOIN templates t USING (tpl) WHERE replay.execution_fingerprint = n.execution_fingerprint",
+            [at],
+        )
+
+
+_ONE_ATTESTATION = (f"INSERT INTO attestations ({', '.join(INSERT_COLUMNS)}) VALUES "
+                    f"({', '.join('?' * len(ATTESTATION_COLUMNS))}, CAST(? AS TIMESTAMPTZ), ?)")
+
+
+def _confirm_one(con, template: dict[str, Any], row: tuple, start: int, leaves: int, builder: MerkleBuilder,
+                 at: datetime) -> None:
+    """One execution: the same four writes with bound parameters (registering frames costs more than the rows)."""
+    fields = dict(zip(_ROW_FIELDS, row))
+    values = [start if c == "seq" else fields[c] if c in fields else template["decision"][c[9:]] if c.startswith("decision_")
+              else template[c] for c in ATTESTATION_COLUMNS]
+    con.execute(_ONE_ATTESTATION, [*values, fields["issuedAt"], leaves])
+    nodes = translog.new_nodes(builder, leaves, [fields["canonical"].encode("utf-8")])
+    con.execute(f"INSERT INTO log_nodes VALUES {', '.join(['(?, ?, ?)'] * len(nodes))}", [v for n in nodes for v in n])
+    con.execute("INSERT INTO signals VALUES (?, ?)", [fields["executionId"], fields["signals"]])
+    state = "PENDING_OVERRIDE" if template["execution_state"] == "pending_override" else "CONFIRMED"
+    con.execute("UPDATE replay SET state = ?, expires_at = NULL, updated_at = ? WHERE execution_fingerprint = ?",
+                [state, at, fields["execution_fingerprint"]])
 
 
 OVERRIDE_COLUMNS = ("kind", "hash", "executionId", "request_hash", "approverId", "decision", "once_key", "envelope")

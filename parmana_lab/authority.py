@@ -51,7 +51,7 @@ class ApproverEntry(TrustedKey):
 
 
 class Authority(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     authors: list[AuthorEntry] = []
     approvers: list[ApproverEntry] = []
 

@@ -14,7 +14,7 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from .errors import ParmanaError
 from .progress import Progress
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 class ArchiveOutcome(BaseModel):
     """One archive of a batch: its summary, its failed lines, or why it could not be used at all."""
 
+    model_config = ConfigDict(defer_build=True)
+
     path: str
     status: Literal["verified", "failed", "unusable"]
     summary: ArchiveSummary | None = None
@@ -36,6 +38,8 @@ class ArchiveOutcome(BaseModel):
 
 
 class BatchReport(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     archives: list[ArchiveOutcome]
 
     @property

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import nacl.bindings
 import nacl.exceptions
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from .attestation import decode_signature, pae
 from .authority import AuthorEntry, Authority
@@ -34,6 +34,8 @@ MANIFEST_MEMBERS = {"policyId", "policyVersion", "schemaVersion", "bundleHash", 
 
 
 class BundleVerdict(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     policyId: str
     policyVersion: str
     status: Literal["verified", "failed"]

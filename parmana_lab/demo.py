@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from .attestation import ExecutionAttestation
 from .canonical import parse_json
@@ -30,6 +30,8 @@ LAST = ("replayed.json", "invalid.json")
 
 
 class DemoSummary(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     workspace: str
     executed: int
     refused: int

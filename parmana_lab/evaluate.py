@@ -20,7 +20,7 @@ from .validation import validate_signals
 class Decision(BaseModel):
     """The matched rule's outcome plus its ruleId."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, defer_build=True)
     action: str
     requires_override: bool
     reason: str

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import duckdb
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from .archive import ATTESTATIONS, POLICIES, SIGNALS, ArchiveError, iter_lines, open_archive, require_attestations
 from .attestation import parse_attestation_line
@@ -31,6 +31,8 @@ _SIDES = {None: "recorded by this runtime", "verified": "imported after verifica
 
 class ImportResult(BaseModel):
     """What an import did; conflicts are records that differ from what the DB already holds."""
+
+    model_config = ConfigDict(defer_build=True)
 
     archive: str
     status: ImportStatus

@@ -8,16 +8,17 @@ Private keys never leave their file: no repr, no export, no pickling.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
 import nacl.bindings
 import nacl.signing
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .errors import KeyStoreError
@@ -52,20 +53,41 @@ def origin_for(first_key_id: str) -> str:
     return f"parmana-lab/{first_key_id}"
 
 
+# An Ed25519 SubjectPublicKeyInfo is this 12-byte DER prefix and the 32-byte key (RFC 8410 section 4), and its PEM
+# is one base64 line: written and read here directly, since importing cryptography costs a verify's start-up ~25 ms.
+# Anything else goes to cryptography, which knows every other form; tests/test_keys.py holds both to the same answers.
+_SPKI_ED25519 = bytes.fromhex("302a300506032b6570032100")
+_PEM_LINE = re.compile(rb"-----BEGIN PUBLIC KEY-----\n([A-Za-z0-9+/]{59}=)\n-----END PUBLIC KEY-----\n?")
+
+
 def public_key_to_pem(raw: bytes) -> str:
-    return (
-        Ed25519PublicKey.from_public_bytes(raw)
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode("ascii")
-    )
+    if len(raw) != 32:
+        raise ValueError(f"an Ed25519 public key is 32 bytes, not {len(raw)}")
+    return f"-----BEGIN PUBLIC KEY-----\n{base64.b64encode(_SPKI_ED25519 + raw).decode('ascii')}\n-----END PUBLIC KEY-----\n"
 
 
 def public_key_from_pem(pem: str | bytes) -> bytes:
     """Raw 32 bytes of an SPKI PEM Ed25519 public key; ValueError otherwise."""
     data = pem.encode("ascii") if isinstance(pem, str) else pem
+    line = _PEM_LINE.fullmatch(data)
+    if line:
+        try:
+            der = base64.b64decode(line[1], validate=True)
+        except binascii.Error:
+            der = b""
+        if len(der) == 44 and der.startswith(_SPKI_ED25519) and base64.b64encode(der) == line[1]:
+            return der[12:]
+    return _public_key_from_any_pem(data)
+
+
+def _public_key_from_any_pem(data: bytes) -> bytes:
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:  # an unknown algorithm OID is not a key we can use
         raise ValueError(f"not an SPKI PEM public key: {exc}") from None
     if not isinstance(key, Ed25519PublicKey):
         raise ValueError("the public key is not Ed25519")
@@ -88,15 +110,22 @@ class SigningKey:
 
     @classmethod
     def from_pem(cls, data: bytes) -> SigningKey:
+        from cryptography.exceptions import UnsupportedAlgorithm
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         try:
             key = serialization.load_pem_private_key(data, password=None)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
             raise KeyStoreError("KEY-002", "keys", f"private key is not an unencrypted PKCS#8 PEM: {exc}") from None
         if not isinstance(key, Ed25519PrivateKey):
             raise KeyStoreError("KEY-002", "keys", "private key is not Ed25519")
         return cls(key.private_bytes_raw())
 
     def _pem(self) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         return Ed25519PrivateKey.from_private_bytes(bytes(self._key)).private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
@@ -124,7 +153,7 @@ class SigningKey:
 class TrustedKey(BaseModel):
     """A public key and the window in which it may have signed."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
     keyId: str
     publicKey: str
     notBefore: str
@@ -162,7 +191,7 @@ class TrustedKey(BaseModel):
 class TrustStore(BaseModel):
     """The keys a verifier trusts; the JSON form is what ``parmana-lab keys --json`` prints."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     keys: list[TrustedKey] = []
     _verify_keys: dict[str, nacl.signing.VerifyKey] = PrivateAttr(default_factory=dict)
 

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from .errors import ParmanaError
 from .keys import TrustStore, origin_for
@@ -35,6 +35,8 @@ Kind = Literal["checkpoint", "inclusion", "consistency"]
 
 
 class LogVerdict(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     kind: Kind
     valid: bool
     code: str

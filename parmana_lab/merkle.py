@@ -34,6 +34,11 @@ class MerkleBuilder:
     def add(self, line: bytes) -> None:
         self.add_leaf_hash(leaf_hash(line))
 
+    def copy(self) -> MerkleBuilder:
+        twin = MerkleBuilder()
+        twin._stack, twin.count = list(self._stack), self.count
+        return twin
+
     def subtrees(self) -> list[tuple[int, bytes]]:
         """The complete subtrees built so far, (leaf count, hash), largest first."""
         return list(self._stack)

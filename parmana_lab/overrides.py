@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from .authority import ApproverEntry, Authority
 from .canonical import canonicalize, quote, sha256_hex
@@ -42,6 +42,8 @@ OUTCOME_STATE = {"approved": "OVERRIDDEN", "rejected": "REJECTED", "expired": "E
 class OverrideRecord(BaseModel):
     """One envelope of a decision trail, with its decoded body and its hash (how other records name it)."""
 
+    model_config = ConfigDict(defer_build=True)
+
     kind: Literal["request", "resolution", "outcome"]
     hash: str
     body: dict[str, Any]
@@ -50,6 +52,8 @@ class OverrideRecord(BaseModel):
 
 class OverrideStatus(BaseModel):
     """Where one execution stands: its current request's votes and what is still needed."""
+
+    model_config = ConfigDict(defer_build=True)
 
     executionId: str
     state: State
@@ -67,6 +71,8 @@ class OverrideStatus(BaseModel):
 
 class OverrideTrail(BaseModel):
     """An execution's whole decision trail (every request, vote and outcome, in the order recorded)."""
+
+    model_config = ConfigDict(defer_build=True)
 
     executionId: str
     state: State

@@ -40,20 +40,20 @@ POLICY_FILE = "policy.json"
 
 
 class SignalSpec(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
     type: Literal["integer", "boolean", "string", "enum"]
     values: tuple[str, ...] | None = None
 
 
 class Outcome(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
     action: str
     requires_override: bool
     reason: str
 
 
 class Rule(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
     id: str
     condition: dict[str, Any]
     outcome: Outcome
@@ -63,7 +63,7 @@ class OverrideRule(BaseModel):
     """Who may resolve this policy's pending_override executions: part of the signed document, so the
     runtime's operator cannot lower the bar. ``to_wire()`` is the block with every default filled in."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
     roles: tuple[str, ...]
     threshold: int = 1
     rejectThreshold: int = 1
@@ -78,7 +78,7 @@ class OverrideRule(BaseModel):
 class PolicyIssue(BaseModel):
     """A load-time finding that does not stop the policy from loading."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
     code: str
     reason: str
 
@@ -86,7 +86,7 @@ class PolicyIssue(BaseModel):
 class Policy(BaseModel):
     """A validated policy. ``document`` is the exact JSON the bundleHash covers."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
     policyId: str
     policyVersion: str
     schemaVersion: str

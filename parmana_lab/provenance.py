@@ -23,7 +23,7 @@ DECIDING_MODULES = ("canonical.py", "policy.py", "validation.py", "evaluate.py")
 
 
 class RuntimeManifest(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
     capabilities: tuple[str, ...]
     runtimeVersion: str
     supportedSchemaVersions: tuple[str, ...]
@@ -36,7 +36,7 @@ class RuntimeManifest(BaseModel):
 class RuntimeInfo(BaseModel):
     """``parmana-lab runtime --json``: the manifest and both provenance hashes."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
     manifest: RuntimeManifest
     runtimeHash: str
     evaluatorArtifactHash: str

@@ -24,7 +24,7 @@ from typing import Any
 
 import duckdb
 import pandas as pd
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from .archive import MAX_LINE_BYTES, ArchiveError, iter_lines, open_archive, require_attestations
 from .attestation import parse_attestation_line
@@ -45,6 +45,8 @@ Source = str | Path | AuditDB | Any  # a path, an AuditDB, or a Runtime (anythin
 
 
 class ReplaySummary(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     sources: list[str]
     records: int
     executions: int

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 import pandas as pd
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from .archive import MANIFEST, OVERRIDES, SIGNALS, ArchiveError, iter_lines, open_archive, require_attestations, signals_line
 from .attestation import parse_attestation_line
@@ -40,6 +40,8 @@ PROGRESS_STEP = 2_000
 
 
 class ReproSummary(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     source: str
     total: int
     statuses: dict[str, int]

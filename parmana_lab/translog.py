@@ -52,18 +52,25 @@ def _level(size: int) -> int:
 # -- writing: the nodes a batch of new leaves completes ------------------------------------------
 
 
-def append_nodes(con, size: int, lines: Sequence[bytes]) -> dict[str, np.ndarray]:
-    """Columns of the log_nodes rows that appending ``lines`` after ``size`` leaves completes."""
-    builder = _builder(con, size)
+def append_nodes(con, size: int, lines: Sequence[bytes], builder: MerkleBuilder | None = None) -> dict[str, np.ndarray]:
+    """Columns of the log_nodes rows that appending ``lines`` after ``size`` leaves completes.
+
+    ``builder`` stands at ``size`` already (the frontier the audit DB kept from its last append); it is advanced.
+    """
     levels, ends, hashes = [], [], []
-    for end, line in enumerate(lines, start=size + 1):
-        for width, node in builder.add_leaf_hash(leaf_hash(line)):
-            levels.append(_level(width)), ends.append(end), hashes.append(node)
+    for level, end, node in new_nodes(builder or frontier(con, size), size, lines):
+        levels.append(level), ends.append(end), hashes.append(node)
     return {"level": np.array(levels, dtype=np.int8), "end_leaf": np.array(ends, dtype=np.int64),
             "hash": np.array(hashes, dtype=object)}
 
 
-def _builder(con, size: int, nodes: dict[tuple[int, int], bytes] | None = None) -> MerkleBuilder:
+def new_nodes(builder: MerkleBuilder, size: int, lines: Sequence[bytes]) -> list[tuple[int, int, bytes]]:
+    """(level, end_leaf, hash) of every subtree that appending ``lines`` to ``builder`` (at ``size``) completes."""
+    return [(_level(width), end, node) for end, line in enumerate(lines, start=size + 1)
+            for width, node in builder.add_leaf_hash(leaf_hash(line))]
+
+
+def frontier(con, size: int, nodes: dict[tuple[int, int], bytes] | None = None) -> MerkleBuilder:
     """A MerkleBuilder standing at ``size`` leaves, seeded with the stored frontier (or ``nodes`` already read)."""
     parts = aligned_parts(0, size)
     nodes = nodes if nodes is not None else _nodes(con, parts)
@@ -127,7 +134,7 @@ def log_size(con) -> int:
 
 
 def root_at(con, size: int) -> bytes:
-    return bytes.fromhex(_builder(con, size).root())
+    return bytes.fromhex(frontier(con, size).root())
 
 
 @dataclass(frozen=True)
@@ -182,7 +189,7 @@ class TransparencyLog:
             raise LogError("LOG-003", f"the log has {size} leaves but a checkpoint of {old_size} was signed: history was removed")
         new_parts = aligned_parts(0, size)
         nodes = _nodes(con, [*aligned_parts(0, old_size), *new_parts])
-        rebuilt = _builder(con, old_size, nodes)
+        rebuilt = frontier(con, old_size, nodes)
         if bytes.fromhex(rebuilt.root()) != old_root:
             raise LogError("LOG-003", f"the stored log no longer has the root signed at size {old_size}: history was rewritten")
         rows = con.execute("SELECT log_index, canonical FROM attestations WHERE log_index >= ? ORDER BY log_index",
@@ -217,7 +224,7 @@ class TransparencyLog:
         if cp.size > log_size(con):
             raise LogError("LOG-003", f"the checkpoint of size {cp.size} is larger than this log")
         nodes = _nodes(con, [*aligned_parts(0, cp.size), *also])
-        if bytes.fromhex(_builder(con, cp.size, nodes).root()) != cp.root:
+        if bytes.fromhex(frontier(con, cp.size, nodes).root()) != cp.root:
             raise LogError("LOG-003", f"the checkpoint of size {cp.size} is not a state of this log")
         return nodes
 

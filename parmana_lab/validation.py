@@ -26,7 +26,7 @@ REQUEST_FIELDS = frozenset({"policyId", "policyVersion", "signals", "executionId
 class ExecutionRequest(BaseModel):
     """A request that passed the shape checks (its signals are checked against the policy later)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
     policyId: str
     policyVersion: str
     signals: dict[str, Any]

@@ -90,7 +90,7 @@ if TYPE_CHECKING:
 class Finding(BaseModel):
     """One failed (or warning) check with what was expected and what was seen."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
     code: str
     check: str
     expected: str
@@ -100,7 +100,7 @@ class Finding(BaseModel):
 class VerificationResult(BaseModel):
     """The verdict on one attestation."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
     executionId: str | None
     line: int | None = None
     status: Literal["verified", "warning", "failed"]
@@ -209,6 +209,8 @@ def _result(row: Row, *, with_line: bool = True, override: str | None = None) ->
 class ArchiveCheck(BaseModel):
     """An archive-level finding (manifest, file hashes, count, Merkle root)."""
 
+    model_config = ConfigDict(defer_build=True)
+
     code: str
     expected: str
     observed: str
@@ -243,6 +245,8 @@ def reason_codes() -> dict[str, str]:
 
 
 class ArchiveSummary(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     source: str
     status: Literal["verified", "failed"]
     total: int
@@ -383,7 +387,7 @@ class RowTable:
 class ArchiveReport(BaseModel):
     """The result of verifying one archive: archive-level checks plus one result per attestation."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, defer_build=True)
     source: str
     trust: str
     archive_checks: list[ArchiveCheck]
@@ -576,7 +580,7 @@ def verify_tree(source: Path, root: Path, trust_store: TrustStore | str | Path |
 class TreeStart(BaseModel):
     """What verifying an archive tree establishes before its lines are read: trust, the manifest, the context."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, defer_build=True)
     source: Path
     root: Path
     store: TrustStore

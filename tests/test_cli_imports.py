@@ -13,7 +13,7 @@ from parmana_lab import Runtime
 
 from .conftest import REPO, claims_request
 
-HEAVY = {"duckdb", "pandas", "matplotlib", "ipywidgets", "IPython", "tqdm"}
+HEAVY = {"duckdb", "pandas", "matplotlib", "ipywidgets", "IPython", "tqdm", "cryptography"}  # cryptography: only to read private keys
 PROBE = """
 import sys
 from parmana_lab.cli import main

@@ -91,3 +91,58 @@ def test_signing_key_pem_round_trip():
     with pytest.raises(KeyStoreError) as info:
         SigningKey.from_pem(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
     assert info.value.code == "KEY-002"
+
+
+def _cryptography_public(data: bytes):
+    """What cryptography answers for this PEM: the raw key, or None if it refuses it or it is not Ed25519."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return None
+    return key.public_bytes_raw() if isinstance(key, Ed25519PublicKey) else None
+
+
+def test_public_key_pem_is_what_cryptography_writes_and_reads():
+    """The kit writes and reads the one-line Ed25519 SPKI PEM itself (a quick start); cryptography is the reference."""
+    import random
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from parmana_lab.keys import public_key_from_pem, public_key_to_pem
+
+    rng = random.Random(7)
+    for _ in range(200):
+        private = Ed25519PrivateKey.from_private_bytes(rng.randbytes(32))
+        raw = private.public_key().public_bytes_raw()
+        theirs = private.public_key().public_bytes(serialization.Encoding.PEM,
+                                                   serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+        assert public_key_to_pem(raw) == theirs
+        assert public_key_from_pem(theirs) == raw == public_key_from_pem(theirs.encode())
+        # every single-byte change, and a few reshapings: the kit accepts exactly what cryptography accepts, as the same key
+        data = theirs.encode()
+        variants = [data[:i] + bytes([c]) + data[i + 1:] for i in rng.sample(range(len(data)), 12)
+                    for c in (data[i] ^ 1, ord("="), ord("\n"), ord(" "))]
+        variants += [data.rstrip(b"\n"), data + b"\n", data.replace(b"\n", b"\r\n"), b"  " + data, data.replace(b"PUBLIC", b"PRIVATE")]
+        for v in variants:
+            expected = _cryptography_public(v)
+            try:
+                got = public_key_from_pem(v)
+            except ValueError:
+                got = None
+            assert got == expected, v
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    p256 = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    with pytest.raises(ValueError, match="not Ed25519"):
+        public_key_from_pem(p256)
+    with pytest.raises(ValueError, match="32 bytes"):
+        public_key_to_pem(b"short")
+    unknown_oid = data.replace(b"MCowBQYDK2Vw", b"MCowBQYDK2Vx")  # 1.3.101.113 (Ed448's OID) where Ed25519's was
+    with pytest.raises(ValueError):
+        public_key_from_pem(unknown_oid)  # a refusal, never cryptography's UnsupportedAlgorithm

@@ -297,3 +297,31 @@ def test_imported_records_are_not_leaves_and_a_v2_db_gets_its_log(tmp_path, poli
         assert info.value.code == "LOG-001" and "imported" in info.value.reason
         assert b.export_archive(tmp_path / "b-archive").count == 6  # with imports: not the log, so no checkpoint
     assert not (tmp_path / "b-archive" / "checkpoint").exists()
+
+
+def test_single_executions_keep_the_log_whole_around_imports_and_your_own_sql(tmp_path, policy_dir, clock):
+    """One execution at a time reads nothing of the log (the audit DB keeps where it ends); an import, or SQL of your
+    own through the connection, makes the next one read it again. Every record, root and proof stays exact."""
+    from parmana_lab.imports import import_archive
+
+    with Runtime(tmp_path / "other", policies=policy_dir, clock=clock) as other:
+        other.execute_many(requests(4, offset=100))
+        archive = other.export_archive(tmp_path / "other.zip", format="zip").path
+        foreign = other.trust_store()
+    with Runtime(tmp_path / "ws", policies=policy_dir, clock=clock) as rt:
+        mine = [rt.execute(r) for r in requests(5)]
+        import_archive(archive, rt.db, foreign)  # four more rows (not leaves of this log), between two executions
+        mine += [rt.execute(r) for r in requests(3, offset=5)]
+        rt.db.connection.execute("CREATE TABLE notes AS SELECT 1 AS x")  # your own SQL
+        mine += [rt.execute(r) for r in requests(2, offset=8)]
+        seqs = rt.db.sql("SELECT seq, log_index, executionId FROM attestations ORDER BY seq")
+        checkpoint = rt.log.checkpoint()
+        trust = rt.trust_store()
+        proofs = [rt.log.prove(a.executionId, checkpoint).render() for a in mine]
+    assert list(seqs["seq"]) == list(range(1, 15))  # no seq reused or skipped across the import
+    assert sorted(seqs["log_index"].dropna().astype(int)) == list(range(10))
+    expected = MerkleBuilder()
+    for a in mine:
+        expected.add(a.canonical())
+    assert checkpoint.size == 10 and checkpoint.root.hex() == expected.root()
+    assert all(verify_inclusion(p, trust).valid for p in proofs)
