@@ -13,7 +13,8 @@ from parmana_lab import Runtime
 
 from .conftest import REPO, claims_request
 
-HEAVY = {"duckdb", "pandas", "matplotlib", "ipywidgets", "IPython", "tqdm", "cryptography"}  # cryptography: only to read private keys
+HEAVY = {"duckdb", "pandas", "matplotlib", "ipywidgets", "IPython", "tqdm", "cryptography"}
+PRIVATE_KEYS = {"cryptography"}  # reading a private key (PKCS#8) needs it; nothing that only checks signatures does
 PROBE = """
 import sys
 from parmana_lab.cli import main
