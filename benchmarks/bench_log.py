@@ -25,7 +25,7 @@ from .common import Measure
 SCALE = float(os.environ.get("BENCH_SCALE", "1"))
 
 
-def _no_nodes(con, size, lines):
+def _no_nodes(con, size, lines, builder=None):
     return {"level": np.zeros(0, dtype=np.int8), "end_leaf": np.zeros(0, dtype=np.int64), "hash": np.zeros(0, dtype=object)}
 
 

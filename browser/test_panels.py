@@ -115,7 +115,7 @@ def test_the_dashboard_verifies_typed_paths_and_shows_table_and_chart(lab):
     dash = lab.panel("panel-verification-dashboard")
     root = lab.root / "room"
     widget(dash, "textarea", "archives").fill(f"{root / 'branch-a'}\n{root / 'tampered'}")
-    trust = dash.locator(".widget-text input").first
+    trust = widget(dash, "text", "trust store")
     trust.fill(str(root / "trust.json"))
     trust.press("Tab")
     dash.get_by_role("button", name="Verify").click()

@@ -68,6 +68,8 @@ class Classroom:
 
     ``Classroom("01")`` empties ``<tmp>/parmana-lesson-01`` first, so a rerun starts from nothing and a
     student's own ``./.parmana/`` is never touched. ``close()`` closes what it opened and removes the folder.
+    One lesson runs in one kernel at a time: a second Classroom of the same lesson empties the first one's folder
+    (pass ``root`` to run two side by side).
     """
 
     lesson: str
