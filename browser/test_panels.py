@@ -56,7 +56,7 @@ PANELS = {
     "replay-explorer": "ReplayExplorer([archive, archive_b])",
     "override-panel": "OverridePanel(rt, key_file=room.key_file('bob'), approver_id='bob')",
     "attestation-inspector": "AttestationInspector(first, rt.trust_store())",
-    "reproducibility-panel": "ReproducibilityPanel(archive, policies=room.policies)",
+    "reproducibility-panel": "ReproducibilityPanel(policies=room.policies)",
 }
 
 
@@ -120,6 +120,7 @@ def test_the_dashboard_verifies_typed_paths_and_shows_table_and_chart(lab):
     trust.press("Tab")
     dash.get_by_role("button", name="Verify").click()
     dash.locator("img").first.wait_for(timeout=60_000)  # the chart
+    dash.locator("td", has_text="SIGNATURE_INVALID").first.wait_for(timeout=30_000)  # in the table, not the filter
     text = dash.inner_text()
     assert "SIGNATURE_INVALID" in text and "tampered" in text
     assert dash.locator("table").count() >= 1
@@ -154,6 +155,7 @@ def test_approving_in_the_override_panel_completes_the_two_person_rule(lab):
     status = " ".join(panel.locator("text=vote recorded").inner_text().split())
     assert re.search(r"vote recorded: \S+ is approved", status), status
     panel.locator(".widget-checkbox:has-text('include resolved') input").check()  # resolved ones leave the queue otherwise
+    queue.locator("option").filter(has_text=re.compile(r"^\s*approved")).first.wait_for(timeout=30_000)  # the kernel's refresh
     texts = [" ".join(t.split()) for t in queue.locator("option").all_inner_texts()]
     queue.select_option(index=next(i for i, t in enumerate(texts) if t.startswith("approved") and "vendor-payment 1.1.0" in t))
     panel.locator("text=approve bob (finance)").wait_for(timeout=30_000)  # its trail: both votes and the outcome
@@ -174,7 +176,11 @@ def test_tampering_in_the_inspector_shows_signature_invalid(lab):
 
 def test_re_running_in_the_reproducibility_panel_shows_every_match(lab):
     panel = lab.panel("panel-reproducibility-panel")
+    assert "MATCH" not in panel.inner_text()  # nothing run yet: the source is typed below
+    source = widget(panel, "text", "source")
+    source.fill(str(lab.root / "room" / "branch-a"))
+    source.press("Tab")
     panel.get_by_role("button", name="Re-run").click()
     panel.locator("text=MATCH").first.wait_for(timeout=60_000)
-    assert re.search(r"MATCH", panel.inner_text())
+    assert "DIVERGED" in panel.inner_text()  # the counts of every status are shown
     shot(panel, "reproducibility-panel")
