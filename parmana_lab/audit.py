@@ -235,7 +235,7 @@ class AuditDB:
         if self._tail is None:
             start, leaves = con.execute("SELECT coalesce(max(seq), 0) + 1, coalesce(max(log_index) + 1, 0) FROM attestations"
                                         ).fetchall()[0]
-            self._tail = Tail(start, leaves, translog.frontier(con, leaves))
+            self._tail = Tail(start, translog.frontier(con, leaves))
         return self._tail
 
     # -- schema -------------------------------------------------------------------
@@ -471,8 +471,7 @@ class Tail:
     """The end of this process's attestations: kept between executions so that one append reads nothing."""
 
     next_seq: int
-    leaves: int
-    frontier: MerkleBuilder
+    frontier: MerkleBuilder  # its count is the log's size
 
 
 class Registered:
@@ -655,7 +654,7 @@ def confirm(db: AuditDB, templates: list[dict[str, Any]], rows: list[tuple], *, 
     at = utc(now)
     with db.transaction(keeps_tail=True) as con:
         tail = db.tail(con)
-        start, leaves, builder = tail.next_seq, tail.leaves, tail.frontier.copy()
+        start, leaves, builder = tail.next_seq, tail.frontier.count, tail.frontier.copy()
         if len(rows) == 1:
             _confirm_one(con, templates[rows[0][0]], rows[0], start, leaves, builder, at)
         else:
@@ -663,7 +662,7 @@ def confirm(db: AuditDB, templates: list[dict[str, Any]], rows: list[tuple], *, 
         if requests:
             insert_override_records(con, [("request", h, eid, h, None, None, h, envelope) for eid, h, envelope in requests], at)
         _insert_refusals(con, list(refusals))
-    db._tail = Tail(start + len(rows), leaves + len(rows), builder)  # committed: the next append reads nothing
+    db._tail = Tail(start + len(rows), builder)  # committed: the next append reads nothing
 
 
 def _confirm_many(con, templates: list[dict[str, Any]], rows: list[tuple], start: int, leaves: int, builder: MerkleBuilder,

@@ -20,6 +20,7 @@ from typing import Any
 from .authority import ApproverEntry, AuthorEntry, Authority
 from .bundles import sign_bundle
 from .keys import Keyring, SigningKey, new_key_file
+from .policy import version_order
 from .runtime import Runtime
 from .workspace import Workspace, default_policy_dir
 
@@ -146,4 +147,4 @@ class Classroom:
 
 def _in_version_order(folders: Iterable[Path]) -> list[Path]:
     """policy folders by policyId, then by numeric version (an author signs 1.2.0 after 1.10.0 otherwise)."""
-    return sorted((f for f in folders if f.is_dir()), key=lambda f: (f.parent.name, tuple(int(x) for x in f.name.split("."))))
+    return sorted((f for f in folders if f.is_dir()), key=lambda f: (f.parent.name, version_order(f.name)))

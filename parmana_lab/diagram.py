@@ -42,8 +42,11 @@ class FlowDiagram:
         return path
 
     def __repr__(self) -> str:
-        return "request → validation → policy → evaluation → replay reservation → signing → audit DB → export archive → " \
-               f"verify / audit (here: {', '.join(self.here) or 'nothing highlighted'})"
+        return _describe(self.here)
+
+
+def _describe(here: tuple[str, ...]) -> str:
+    return f"{' → '.join(label for _, label in STAGES)} (here: {', '.join(here) or 'nothing highlighted'})"
 
 
 def flow_diagram(here: str | Iterable[str] = (), caption: str = "") -> FlowDiagram:
@@ -60,7 +63,7 @@ def flow_diagram(here: str | Iterable[str] = (), caption: str = "") -> FlowDiagr
     text = (f'<text x="{width / 2:g}" y="{height - 10}" text-anchor="middle" font-size="13" fill="{_INK}">{escape(caption)}</text>'
             if caption else "")
     svg = (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
-           f'font-family="Helvetica, Arial, sans-serif" role="img" aria-label="{escape(repr(FlowDiagram("", chosen)))}">'
+           f'font-family="Helvetica, Arial, sans-serif" role="img" aria-label="{escape(_describe(chosen))}">'
            f'<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto">'
            f'<path d="M0,0 L10,5 L0,10 z" fill="{_FAINT}"/></marker></defs>'
            + "".join(arrows) + "".join(boxes) + text + "</svg>")

@@ -11,12 +11,12 @@ from pathlib import Path
 
 from parmana_lab.authority import ApproverEntry, AuthorEntry, Authority
 from parmana_lab.bundles import sign_bundle
+from parmana_lab.classroom import APPROVERS  # approverId -> roles, the lessons' people; carol also asks for payments
 from parmana_lab.keys import SigningKey, new_key_file
+from parmana_lab.policy import version_order
 
 REPO = Path(__file__).resolve().parent.parent
 SINCE = "2026-01-01T00:00:00.000Z"
-# approverId -> roles; carol also asks for payments (the requester in the self-approval cases)
-APPROVERS = {"alice": ["finance"], "bob": ["finance"], "carol": ["finance"], "uma": ["underwriter"], "sam": ["security"]}
 
 
 @dataclass
@@ -45,13 +45,9 @@ def make_desk(root: Path) -> Desk:
                                  notBefore=SINCE) for name, roles in APPROVERS.items()],
     )
     authority.save(root / "authority.json")
-    for folder in sorted(policies.glob("*/*/policy.json"), key=lambda f: (f.parent.parent.name, _order(f.parent.name))):
+    for folder in sorted(policies.glob("*/*/policy.json"), key=lambda f: (f.parent.parent.name, version_order(f.parent.name))):
         sign_bundle(folder.parent, author, "author", clock=lambda: _at(SINCE))
     return Desk(root, policies, root / "authority.json", authority, keys)
-
-
-def _order(version: str) -> tuple:
-    return tuple(int(x) for x in version.split("."))
 
 
 def _at(text: str):
