@@ -200,8 +200,13 @@ def parse_json(data: bytes | str) -> Any:
     """Parse JSON text, refusing duplicate keys, NaN/Infinity and invalid UTF-8.
 
     Duplicate keys are refused because two parsers may keep different values,
-    which makes anything signed over them ambiguous.
+    which makes anything signed over them ambiguous. Text already in JCS form
+    (what the kit writes) is parsed by orjson alone: it equals the JCS of what
+    it parses to, so it holds no duplicate key, constant or invalid UTF-8.
     """
+    canonical = parse_canonical(data)
+    if canonical is not None:
+        return canonical[0]
     import json
 
     if isinstance(data, (bytes, bytearray, memoryview)):
@@ -215,3 +220,17 @@ def parse_json(data: bytes | str) -> Any:
         raise CanonicalizationError(f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
         raise CanonicalizationError("JSON nested too deeply") from None
+
+
+def parse_canonical(data: bytes | str) -> tuple[Any, bytes] | None:
+    """(value, its bytes) when ``data`` is exactly the JCS form of a JSON value, else None (not an error: the caller
+    falls back to a strict parse that says what is wrong)."""
+    try:
+        raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        value = orjson.loads(raw)
+        # Only values without floats: orjson reads an integer beyond 64 bits as a float, whose JCS looks the same.
+        if _fast_path_ok(value) and orjson.dumps(value, option=_SORT) == raw and (raw.isascii() or not _has_astral_key(value)):
+            return value, raw
+    except (orjson.JSONDecodeError, CanonicalizationError, UnicodeEncodeError, TypeError):
+        pass
+    return None

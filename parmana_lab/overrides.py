@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .authority import ApproverEntry, Authority
 from .canonical import canonicalize, quote, sha256_hex
-from .dsse import EnvelopeError, envelope_hash, open_envelope, parse_envelope, seal_envelope, signature_valid, signer
+from .dsse import EnvelopeError, open_envelope, read_envelope, seal_envelope, signature_valid, signer
 from .errors import OverrideError
 from .keys import load_key_file
 from .policy import OverrideRule
@@ -127,7 +127,7 @@ def outcome_body(request: dict[str, Any], request_hash: str, outcome: str, resol
 
 def record_of(envelope: dict[str, Any]) -> OverrideRecord:
     """Decode one stored or archived envelope (its kind from its payloadType); EnvelopeError if it is none of the three."""
-    envelope = parse_envelope(envelope)
+    envelope, digest = read_envelope(envelope)
     kind = KINDS.get(envelope["payloadType"])
     if kind is None:
         raise EnvelopeError(f"payloadType {envelope['payloadType']!r} is not an override record")
@@ -135,7 +135,7 @@ def record_of(envelope: dict[str, Any]) -> OverrideRecord:
     fields = {"request": REQUEST_FIELDS, "resolution": RESOLUTION_FIELDS, "outcome": OUTCOME_FIELDS}[kind]
     if set(body) != set(fields) or not isinstance(body.get("executionId"), str):
         raise EnvelopeError(f"an {KINDS[envelope['payloadType']]} body is exactly {{{', '.join(fields)}}}")
-    return OverrideRecord(kind=kind, hash=envelope_hash(envelope), body=body, envelope=envelope)
+    return OverrideRecord.model_construct(kind=kind, hash=digest, body=body, envelope=envelope)  # every field made here
 
 
 def load_request(source: str | Path | bytes | dict[str, Any]) -> OverrideRecord:

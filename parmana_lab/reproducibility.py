@@ -9,6 +9,7 @@ why) or INPUT_MISMATCH (the signals do not hash to what was attested). With
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -23,7 +24,7 @@ from pydantic import BaseModel, ConfigDict
 from .archive import MANIFEST, OVERRIDES, SIGNALS, ArchiveError, iter_lines, open_archive, require_attestations, signals_line
 from .attestation import parse_attestation_line
 from .audit import is_duckdb_file, open_in_process, reading, source_name
-from .canonical import canonicalize, fingerprint_payload, parse_json
+from .canonical import canonicalize, fingerprint_payload, parse_json, quote
 from .charts import bar_chart
 from .checks import PolicyEntry, SignalsAligner, load_archive_policies, policy_entry
 from .errors import CanonicalizationError, ParmanaError, PolicyError
@@ -163,16 +164,13 @@ def reproduce(
 
 def _reproduce_rows(source: Any, name: str, what_if: dict[str, str], store: PolicyStore | None, evaluator: Evaluator,
                     progress: Progress) -> list[dict[str, Any]]:
-    here = (runtime_hash(runtime_manifest()), evaluator_artifact_hash())
+    replay = _Replayer(what_if, store, evaluator)
     rows: list[dict[str, Any]] = []
     with _records(source) as (records, archived, total, overrides), progress_bar(progress, total, f"reproduce {Path(name).name}",
                                                                       "exec") as bar:
+        replay.archived, replay.overrides = archived, overrides
         for line_no, line, signals_line, unverified in records:
-            row = _replay_one(line_no, line, signals_line, archived, what_if, store, evaluator, here)
-            row["unverified"] = unverified
-            if row.pop("pending", False):  # an override: reported with the decision that required it
-                row["override"] = overrides.get(row["executionId"], "pending")
-            rows.append(row)
+            rows.append(replay(line_no, line, signals_line, unverified))
             if len(rows) % PROGRESS_STEP == 0:
                 bar.update(PROGRESS_STEP)
         bar.update(len(rows) % PROGRESS_STEP)
@@ -184,74 +182,115 @@ def reproduce_block(first_line: int, lines: list[bytes], signals: list[bytes | N
                     overrides: dict[str, str]) -> list[dict[str, Any]]:
     """The rows of a run of an archive's lines (what a cluster's worker computes for one block), given the archive's
     policies and override states."""
-    here = (runtime_hash(runtime_manifest()), evaluator_artifact_hash())
-    store = PolicyStore(policies) if policies is not None else None
-    rows = []
-    for n, (line, paired) in enumerate(zip(lines, signals)):
-        row = _replay_one(first_line + n, line, paired, archived, what_if, store, evaluator, here)
-        row["unverified"] = False
-        if row.pop("pending", False):
-            row["override"] = overrides.get(row["executionId"], "pending")
-        rows.append(row)
-    return rows
+    replay = _Replayer(what_if, PolicyStore(policies) if policies is not None else None, evaluator, archived, overrides)
+    return [replay(first_line + n, line, paired, False) for n, (line, paired) in enumerate(zip(lines, signals))]
 
 
 def archive_override_states(root: Path) -> dict[str, str]:
-    """Each execution's override state as an archive records it (its last record: an outcome, else pending)."""
-    from .override_check import read_records
+    """Each execution's override state as an archive records it (its last record: an outcome, else pending).
 
-    trails, _ = read_records(root) if (root / OVERRIDES).is_file() else ({}, [])
-    return {eid: records[-1].body["outcome"] if records[-1].kind == "outcome" else "pending" for eid, records in trails.items()}
+    Read to report, not to trust: only each envelope's type and the body's executionId and outcome are decoded, and a
+    line that is no record is passed over (whether the records are authentic is what `verify --authority` checks).
+    """
+    from .overrides import KINDS, OUTCOME_STATE
 
-
-def _replay_one(line_no, line, signals_line, archived, what_if, store, evaluator, here) -> dict[str, Any]:
-    att, problem = parse_attestation_line(line)
-    row: dict[str, Any] = {"line": line_no, "executionId": att["executionId"] if att else None,
-                           "policyId": att["policyId"] if att else None, "policyVersion": att["policyVersion"] if att else None,
-                           "replayedWith": None, "attested": None, "now": None, "changed": None, "diff": None, "why": None,
-                           "other_runtime": bool(att and att["runtimeHash"] != here[0]),
-                           "other_evaluator": bool(att and att["evaluatorArtifactHash"] != here[1]), "override": None}
-    if att is None:
-        return {**row, "status": "NOT_REPLAYABLE", "why": f"malformed record: {problem}"}
-    row["override"], row["pending"] = None, att["execution_state"] == "pending_override"
-    signals, why = _signals(signals_line, att["executionId"])
-    if signals is None:
-        return {**row, "status": "NOT_REPLAYABLE", "why": why}
-    signals_jcs = canonicalize(signals)
-    if (hashlib.sha256(signals_jcs).hexdigest() != att["signalsHash"]
-            or hashlib.sha256(fingerprint_payload(att["policyId"], att["policyVersion"], signals_jcs)).hexdigest()
-            != att["execution_fingerprint"]):
-        return {**row, "status": "INPUT_MISMATCH", "why": "the archived signals do not hash to the attested signalsHash / fingerprint"}
-    key = (att["policyId"], att["policyVersion"])
-    if att["policyId"] in what_if:
+    states: dict[str, str] = {}
+    if not (root / OVERRIDES).is_file():
+        return states
+    for line in iter_lines(root / OVERRIDES):
         try:
-            policy = store.get(att["policyId"], what_if[att["policyId"]])
+            envelope = orjson.loads(line)
+            kind = KINDS.get(envelope["payloadType"])
+            body = orjson.loads(binascii.a2b_base64(envelope["payload"], strict_mode=True))
+            eid, outcome = body["executionId"], body.get("outcome")
+        except (orjson.JSONDecodeError, binascii.Error, ValueError, KeyError, TypeError):
+            continue
+        if kind is not None and type(eid) is str and (kind != "outcome" or outcome in OUTCOME_STATE):
+            states[eid] = outcome if kind == "outcome" else "pending"
+    return states
+
+
+class _Replayer:
+    """Re-runs one record at a time against the source's policies (or the what-if versions) and this build."""
+
+    def __init__(self, what_if: dict[str, str], store: PolicyStore | None, evaluator: Evaluator,
+                 archived: dict[tuple[str, str], PolicyEntry] | None = None, overrides: dict[str, str] | None = None) -> None:
+        self.what_if, self.store, self.evaluator = what_if, store, evaluator
+        self.archived, self.overrides = archived or {}, overrides or {}
+        self.runtime_hash, self.evaluator_hash = runtime_hash(runtime_manifest()), evaluator_artifact_hash()
+        self._plans: dict[tuple[str, str, str], tuple[bytes, str | None, str | None, Policy | None]] = {}
+
+    def __call__(self, line_no: int, line: bytes, signals_line: bytes | None, unverified: bool) -> dict[str, Any]:
+        att, problem = parse_attestation_line(line)
+        if att is None:
+            return _row(line_no, None, None, None, "NOT_REPLAYABLE", f"malformed record: {problem}", False, False, None,
+                        unverified)
+        eid, state = att["executionId"], att["execution_state"]
+        status, why, policy, signals = self._inputs(att, signals_line)
+        row = _row(line_no, eid, att["policyId"], att["policyVersion"], status, why, att["runtimeHash"] != self.runtime_hash,
+                   att["evaluatorArtifactHash"] != self.evaluator_hash,
+                   # an override: reported with the decision that required it
+                   self.overrides.get(eid, "pending") if state == "pending_override" else None, unverified)
+        if policy is None:
+            return row
+        row["replayedWith"] = f"{policy.policyId} {policy.policyVersion}"
+        decision = att["decision"]
+        try:
+            validate_signals(signals, policy)
+            got = self.evaluator(policy, signals)
         except ParmanaError as exc:
-            return {**row, "status": "NOT_REPLAYABLE", "why": str(exc)}
-    else:
-        entry: PolicyEntry | None = archived.get(key)
+            now: dict[str, Any] = {"refused": str(exc)}
+        else:
+            if (got.action == decision["action"] and got.ruleId == decision["ruleId"] and got.reason == decision["reason"]
+                    and got.requires_override is decision["requires_override"] and got.execution_state == state):
+                row["status"] = "MATCH"
+                row["attested"] = row["now"] = f"{got.action} by {got.ruleId} ({state})"
+                return row
+            now = {**got.model_dump(), "execution_state": got.execution_state}
+        attested = {**decision, "execution_state": state}
+        diff = {f: [attested.get(f), now.get(f)] for f in DECISION_FIELDS if attested.get(f) != now.get(f)}
+        row["attested"], row["now"] = _decision_text(attested), _decision_text(now)
+        row["status"], row["changed"], row["diff"] = ("DIVERGED", list(diff), diff) if diff else ("MATCH", None, None)
+        return row
+
+    def _inputs(self, att: dict[str, Any], signals_line: bytes | None) -> tuple[str | None, str | None, Policy | None, Any]:
+        """(status, why, None, None) when the record cannot be re-run, else (None, None, the policy to re-run it under,
+        the signals)."""
+        signals, signals_jcs, why = _signals(signals_line, att["executionId"])
+        if signals is None:
+            return "NOT_REPLAYABLE", why, None, None
+        key = (att["policyId"], att["policyVersion"], att["bundleHash"])
+        plan = self._plans.get(key) or self._plans.setdefault(key, self._plan(*key))
+        if (hashlib.sha256(signals_jcs).hexdigest() != att["signalsHash"]
+                or hashlib.sha256(plan[0] + signals_jcs + b"}").hexdigest() != att["execution_fingerprint"]):
+            return "INPUT_MISMATCH", "the archived signals do not hash to the attested signalsHash / fingerprint", None, None
+        return plan[1], plan[2], plan[3], signals
+
+    def _plan(self, pid: str, version: str, bundle_hash: str) -> tuple[bytes, str | None, str | None, Policy | None]:
+        """What every record of one policy version (as applied: its bundleHash) is re-run under: (the fingerprint's
+        JCS up to the signals, then status, why, policy as _inputs returns them)."""
+        prefix = fingerprint_payload(pid, version, b"")[:-1]
+        if pid in self.what_if:
+            try:
+                return prefix, None, None, self.store.get(pid, self.what_if[pid])
+            except ParmanaError as exc:
+                return prefix, "NOT_REPLAYABLE", str(exc), None
+        entry: PolicyEntry | None = self.archived.get((pid, version))
         if entry is None or entry.bundle_hash is None:
-            return {**row, "status": "NOT_REPLAYABLE", "why": f"policy {key[0]} {key[1]} is not in the source"}
-        if entry.bundle_hash != att["bundleHash"]:
-            return {**row, "status": "NOT_REPLAYABLE",
-                    "why": f"the stored policy {key[0]} {key[1]} is not the one applied (bundleHash {entry.bundle_hash[:12]}… ≠ "
-                           f"{att['bundleHash'][:12]}…)"}
+            return prefix, "NOT_REPLAYABLE", f"policy {pid} {version} is not in the source", None
+        if entry.bundle_hash != bundle_hash:
+            return (prefix, "NOT_REPLAYABLE", f"the stored policy {pid} {version} is not the one applied (bundleHash "
+                    f"{entry.bundle_hash[:12]}… ≠ {bundle_hash[:12]}…)", None)
         if entry.policy is None:
-            return {**row, "status": "NOT_REPLAYABLE", "why": entry.problem}
-        policy = entry.policy
-    row["replayedWith"] = f"{policy.policyId} {policy.policyVersion}"
-    attested = {**att["decision"], "execution_state": att["execution_state"]}
-    try:
-        validate_signals(signals, policy)
-        got = evaluator(policy, signals)
-        now = {**got.model_dump(), "execution_state": got.execution_state}
-    except ParmanaError as exc:
-        now = {"refused": str(exc)}
-    diff = {f: [attested.get(f), now.get(f)] for f in DECISION_FIELDS if attested.get(f) != now.get(f)}
-    summary = _decision_text
-    if not diff:
-        return {**row, "status": "MATCH", "attested": summary(attested), "now": summary(now)}
-    return {**row, "status": "DIVERGED", "attested": summary(attested), "now": summary(now), "changed": list(diff), "diff": diff}
+            return prefix, "NOT_REPLAYABLE", entry.problem, None
+        return prefix, None, None, entry.policy
+
+
+def _row(line_no: int, eid: str | None, pid: str | None, version: str | None, status: str | None, why: str | None,
+         other_runtime: bool, other_evaluator: bool, override: str | None, unverified: bool) -> dict[str, Any]:
+    return {"line": line_no, "executionId": eid, "policyId": pid, "policyVersion": version, "replayedWith": None,
+            "attested": None, "now": None, "changed": None, "diff": None, "why": why, "other_runtime": other_runtime,
+            "other_evaluator": other_evaluator, "override": override, "status": status, "unverified": unverified}
 
 
 def _decision_text(d: dict[str, Any]) -> str:
@@ -260,24 +299,30 @@ def _decision_text(d: dict[str, Any]) -> str:
     return f"{d['action']} by {d['ruleId']} ({d['execution_state']})"
 
 
-def _signals(line: bytes | None, eid: str) -> tuple[dict[str, Any] | None, str | None]:
+def _signals(line: bytes | None, eid: str) -> tuple[dict[str, Any] | None, bytes | None, str | None]:
+    """(signals, their JCS, None) from a signals line, or (None, None, why not)."""
     if line is None:
-        return None, "no signals for this execution in the source (exported with --no-signals?)"
+        return None, None, "no signals for this execution in the source (exported with --no-signals?)"
     try:
         item = orjson.loads(line)  # a tampered line shows up as INPUT_MISMATCH against the attested hashes
+        signals = item.get("signals") if type(item) is dict else None
+        if type(signals) is dict and item.get("executionId") == eid:
+            signals_jcs = canonicalize(signals)
+            if line == b'{"executionId":%s,"signals":%s}' % (quote(eid), signals_jcs):  # as exported: nothing more to ask
+                return signals, signals_jcs, None
         if canonicalize(item) != line:
             parse_json(line)  # not as exported: refuse what a strict reader would (duplicate keys make it ambiguous)
     except orjson.JSONDecodeError as exc:
-        return None, f"unusable signals line: {exc}"
+        return None, None, f"unusable signals line: {exc}"
     except CanonicalizationError as exc:
-        return None, f"unusable signals line: {exc.reason}"
+        return None, None, f"unusable signals line: {exc.reason}"
     if not isinstance(item, dict) or item.get("executionId") != eid:
-        return None, "no signals line for this execution"
+        return None, None, "no signals line for this execution"
     if item.get("signals") is None:
-        return None, "signals were not exported for this execution"
+        return None, None, "signals were not exported for this execution"
     if not isinstance(item["signals"], dict):
-        return None, "signals is not an object"
-    return item["signals"], None
+        return None, None, "signals is not an object"
+    return item["signals"], canonicalize(item["signals"]), None
 
 
 @contextmanager

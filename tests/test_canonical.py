@@ -125,3 +125,37 @@ def test_parse_json_refuses_duplicate_keys_and_constants():
     with pytest.raises(CanonicalizationError, match="not valid UTF-8"):
         parse_json(b'{"a": "\xff"}')
     assert parse_json('{"a": {"a": 1}}') == {"a": {"a": 1}}
+
+
+def _strict_stdlib(text: str):
+    """The reference strict parse (what parse_json did before its JCS fast path)."""
+    def pairs(items):
+        if len({k for k, _ in items}) != len(items):
+            raise ValueError("duplicate")
+        return dict(items)
+
+    def constant(name):
+        raise ValueError(name)
+
+    return json.loads(text, object_pairs_hook=pairs, parse_constant=constant)
+
+
+def test_parse_json_fast_path_agrees_with_the_strict_stdlib_parse():
+    rng = random.Random(7)
+    texts = []
+    for _ in range(3_000):
+        value = _random_value(rng)
+        jcs = canonicalize(value).decode()
+        texts += [jcs, json.dumps(value), jcs.replace(":", ": ", 1)]
+        if jcs.startswith("{") and len(jcs) > 2:  # the same key twice: canonical-looking but ambiguous
+            texts.append(jcs[:-1] + "," + jcs[1:])
+    texts += ['{"a":1,"a":1}', '{"a":NaN}', '[1e400]', '{"a":"\\ud800"}', '"\\u00e9"', '[9007199254740993]', '{"b":1,"a":2}']
+    for text in texts:
+        try:
+            expected = _strict_stdlib(text)
+        except ValueError:
+            with pytest.raises(CanonicalizationError):
+                parse_json(text)
+            continue
+        got = parse_json(text)
+        assert got == expected and json.dumps(got) == json.dumps(expected), text

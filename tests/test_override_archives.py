@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from parmana_lab import Runtime, verify_archive
+from parmana_lab import Runtime, reproduce, verify_archive
 from parmana_lab.archive import manifest_message
 from parmana_lab.canonical import canonicalize, parse_json
 from parmana_lab.dsse import envelope_hash, seal_envelope
@@ -201,8 +201,6 @@ def test_an_outcome_with_a_broken_signature_and_an_unreadable_line(trails, tmp_p
 
 
 def test_reproduce_reports_overrides_with_the_decision_that_required_them(trails):
-    from parmana_lab import reproduce
-
     _, archive, _, _, ids, _ = trails
     report = reproduce(archive)
     df = report.to_pandas().set_index("executionId")
@@ -212,3 +210,9 @@ def test_reproduce_reports_overrides_with_the_decision_that_required_them(trails
     assert report.summary.all_match
     with_db = reproduce(archive.parent / "ws" / "audit.duckdb").summary.overrides
     assert with_db == report.summary.overrides
+
+
+def test_reproduce_reads_the_same_resolutions_the_verifier_checked(trails):
+    desk, archive, store, _, _, _ = trails
+    states = {r.executionId: r.override for r in verify_archive(archive, store, progress=False, authority=desk.authority_path).results()}
+    assert {row["executionId"]: row["override"] for row in reproduce(archive).rows} == states
