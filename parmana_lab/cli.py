@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -30,6 +31,9 @@ EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = 0, 1, 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # A command checks its input with the kit's own models only: no third-party pydantic plugin is loaded into it,
+    # which also spares scanning every installed package's metadata at start-up (set the variable to "" to allow them).
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     args = _parser().parse_args(argv)
     try:
         return args.func(args)

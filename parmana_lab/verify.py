@@ -15,7 +15,6 @@ runs the same in-process or in worker processes.
 from __future__ import annotations
 
 import hashlib
-import multiprocessing as mp
 import os
 import pickle
 import sys
@@ -23,10 +22,9 @@ import types
 from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from itertools import chain, repeat
-from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -84,6 +82,8 @@ from .policy import Policy
 from .progress import Progress, progress_bar
 
 if TYPE_CHECKING:
+    import multiprocessing.context
+
     import pandas as pd
 
 
@@ -577,10 +577,11 @@ def verify_tree(source: Path, root: Path, trust_store: TrustStore | str | Path |
     return finish_tree(start, table, merkle.root(), att_digest.hexdigest(), checkpoint=checkpoint, authority=authority)
 
 
-class TreeStart(BaseModel):
-    """What verifying an archive tree establishes before its lines are read: trust, the manifest, the context."""
+@dataclass(frozen=True)
+class TreeStart:
+    """What verifying an archive tree establishes before its lines are read: trust, the manifest, the context
+    (handed between the verifier's own steps, never validated input: a dataclass, not a model)."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, defer_build=True)
     source: Path
     root: Path
     store: TrustStore
@@ -816,7 +817,11 @@ def _file_sha256(path: Path) -> str:
 def _run_checks(blocks, ctx: Context, merkle: MerkleBuilder, workers: int, chunk_lines: int,
                 progress: Progress, total: int | None, label: str) -> RowTable:
     # workers start before the progress bar, whose monitor thread would rule out forking
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) if workers > 1 else None
+    pool = None
+    if workers > 1:
+        from concurrent.futures import ProcessPoolExecutor  # imported by the runs that use it (a quick verify does not)
+
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context())
     bar = progress_bar(progress, total, f"verify {label}", "att")
     collector = RowTable()
     try:
@@ -898,11 +903,13 @@ def _pack_chunk(start: int, lines: list[bytes], sigs: list[bytes | None] | None)
     return start, b"\n".join(lines), sigs
 
 
-def _pool_context() -> BaseContext:
+def _pool_context() -> multiprocessing.context.BaseContext:
     """How to start workers. Forking is fastest, but forking a process that runs
     other threads (DuckDB's, a progress monitor's) can deadlock the child, so a
     process with more than one thread gets workers from a fork server that has
     imported only the light checks module instead."""
+    import multiprocessing as mp
+
     methods = mp.get_all_start_methods()
     if "fork" in methods and _single_threaded():
         return mp.get_context("fork")

@@ -13,7 +13,8 @@ from parmana_lab import Runtime
 
 from .conftest import REPO, claims_request
 
-HEAVY = {"duckdb", "pandas", "matplotlib", "ipywidgets", "IPython", "tqdm", "cryptography"}
+HEAVY = {"duckdb", "pandas", "matplotlib", "ipywidgets", "IPython", "tqdm", "cryptography",
+         "multiprocessing", "concurrent"}  # worker pools: only for --workers 2 and more
 PRIVATE_KEYS = {"cryptography"}  # reading a private key (PKCS#8) needs it; nothing that only checks signatures does
 PROBE = """
 import sys
@@ -56,3 +57,4 @@ def test_verify_and_the_light_commands_load_no_heavy_package(exported):
 def test_the_probe_sees_a_heavy_import_when_there_is_one(exported):
     tmp, archive = exported
     assert "duckdb" in loaded("audit", "replays", archive)  # replay detection is DuckDB SQL: it must show up
+    assert "multiprocessing" in loaded("verify", archive, "--trust", tmp / "trust.json", "--no-progress", "--workers", "2")
