@@ -24,9 +24,18 @@ import pandas as pd
 from .archive import ArchiveError
 from .audit import open_in_process, source_name
 from .cluster import _guarded, _unwrap
-from .replays import _CONTENT, ReplayReport, _create_views, _part, _strict_part, group_records, memory_connection, reused_ids
-
-_BAD = "executionId IS NULL OR execution_fingerprint IS NULL OR decision IS NULL"
+from .replays import (
+    _BAD,
+    _CONTENT,
+    ReplayReport,
+    _create_views,
+    _part,
+    _strict_part,
+    group_records,
+    index_records,
+    memory_connection,
+    reused_ids,
+)
 
 
 def _worker_threads() -> int | None:
@@ -85,6 +94,7 @@ def _group_bucket(run: str, bucket: int) -> tuple[pd.DataFrame | None, pd.DataFr
         by_fp, by_id = _files(run, "by_fp", bucket), _files(run, "by_id", bucket)
         if by_fp is not None:
             _create_views(con, [(f"SELECT * FROM read_parquet({by_fp}, hive_partitioning = false)", None)])
+            index_records(con)
             occurrences, _, _ = group_records(con)
         if by_id is not None:
             reused, copies = reused_ids(con, f"read_parquet({by_id}, hive_partitioning = false)", "content")

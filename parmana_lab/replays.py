@@ -39,6 +39,7 @@ _DECISION = "STRUCT(action VARCHAR, requires_override BOOLEAN, reason VARCHAR, r
 _JSON_COLUMNS = "{" + ", ".join(f"'{m}': 'VARCHAR'" for m in _STRING_MEMBERS) + f", 'decision': '{_DECISION}'}}"
 _MEMBERS = ", ".join(_STRING_MEMBERS)
 _CONTENT = "md5(concat_ws('|', " + _MEMBERS + ", decision::VARCHAR))"
+_BAD = "executionId IS NULL OR execution_fingerprint IS NULL OR decision IS NULL"
 EXECUTION_COLUMNS = ("execution_fingerprint", "executionId", "source", "line", "issuedAt", "signerKeyId", "runtimeHash",
                      "action", "also_in")
 Source = str | Path | AuditDB | Any  # a path, an AuditDB, or a Runtime (anything with a .db)
@@ -176,20 +177,47 @@ class ReplayReport:
         return self.to_html()
 
 
-def group_records(con: duckdb.DuckDBPyConnection) -> tuple[pd.DataFrame, pd.DataFrame, int]:
-    """(occurrences of replayed fingerprints, executionIds reused with other content, copies) of the ``records`` view.
+def index_records(con: duckdb.DuckDBPyConnection) -> list[tuple[int, int, int, int]]:
+    """One scan of the ``records`` view into ``record_groups``: per source its counts, and the 64-bit hashes of the
+    fingerprints and executionIds seen more than once (integer keys group far faster than the hex and UUID text).
+    Returns (src, records without their keys, records, unverified) per source; a duckdb.Error when a source cannot
+    be read."""
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE record_groups AS
+        SELECT CASE WHEN grouping(src) = 0 THEN 'src' WHEN grouping(fp) = 0 THEN 'fp' ELSE 'id' END AS kind,
+               src, hash(execution_fingerprint) AS fp, hash(executionId) AS id, count(*) AS n,
+               count(*) FILTER (WHERE {_BAD}) AS bad, count(*) FILTER (WHERE import_status = 'unverified') AS unverified
+        FROM records GROUP BY GROUPING SETS ((src), (fp), (id)) HAVING grouping(src) = 0 OR count(*) > 1
+        """
+    )
+    return con.execute("SELECT src, bad, n, unverified FROM record_groups WHERE kind = 'src' ORDER BY src").fetchall()
 
-    Every group is of one fingerprint or one executionId, so the records can be split by either's hash and grouped
-    part by part (the cluster does, cluster_replays.py) with the same results once joined.
+
+def group_records(con: duckdb.DuckDBPyConnection) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """(occurrences of replayed fingerprints, executionIds reused with other content, copies) of the ``records`` view,
+    once index_records has read it.
+
+    Only records whose fingerprint or executionId hash occurs more than once can be in a group (a hash collision
+    only adds a candidate), so just those are kept from a second scan and grouped by their real values. Every group
+    is of one fingerprint or one executionId, so the records can be split by either's hash and grouped part by part
+    (the cluster does, cluster_replays.py) with the same results once joined.
     """
+    con.execute("CREATE OR REPLACE TEMP TABLE fp_candidates AS SELECT execution_fingerprint, executionId, source, line, "
+                "issuedAt, signerKeyId, runtimeHash, action, src FROM records "
+                "WHERE hash(execution_fingerprint) IN (SELECT fp FROM record_groups WHERE kind = 'fp')")
     occurrences = con.execute(
         """
-        SELECT execution_fingerprint, executionId, source, line, issuedAt, signerKeyId, runtimeHash, action, src
-        FROM records SEMI JOIN replays USING (execution_fingerprint)
+        WITH replayed AS (SELECT execution_fingerprint FROM fp_candidates GROUP BY ALL HAVING count(DISTINCT executionId) > 1)
+        SELECT * FROM fp_candidates SEMI JOIN replayed USING (execution_fingerprint)
         ORDER BY execution_fingerprint, executionId, src, line
         """
     ).df()
-    reused, copies = reused_ids(con, "records", _CONTENT)
+    repeated = con.execute("SELECT count(*) FROM record_groups WHERE kind = 'id'").fetchall()[0][0]
+    # the content of every member is read only when some executionId hash repeats
+    con.execute(f"CREATE OR REPLACE TEMP TABLE id_candidates AS SELECT executionId, source, {_CONTENT} AS content FROM records "
+                f"WHERE {'hash(executionId) IN (SELECT id FROM record_groups WHERE kind = ' + repr('id') + ')' if repeated else 'false'}")
+    reused, copies = reused_ids(con, "id_candidates", "content")
     return occurrences, reused, copies
 
 
@@ -210,12 +238,14 @@ def reused_ids(con: duckdb.DuckDBPyConnection, relation: str, content: str) -> t
 
 def _collapse_copies(occurrences: pd.DataFrame) -> pd.DataFrame:
     """One row per (fingerprint, executionId): the first place it was seen, the others as ``also_in``."""
-    rows = []
-    for (fp, eid), group in occurrences.groupby(["execution_fingerprint", "executionId"], sort=True):
-        first = group.iloc[0]
-        rows.append((fp, eid, first["source"], int(first["line"]), first["issuedAt"], first["signerKeyId"],
-                     first["runtimeHash"], first["action"],
-                     [f"{r.source}:{r.line}" for r in group.iloc[1:].itertuples()]))
+    ordered = occurrences.sort_values(["execution_fingerprint", "executionId", "src", "line"], kind="stable")
+    rows: list[list[Any]] = []
+    for r in ordered.itertuples(index=False):
+        if rows and rows[-1][0] == r.execution_fingerprint and rows[-1][1] == r.executionId:
+            rows[-1][-1].append(f"{r.source}:{r.line}")
+        else:
+            rows.append([r.execution_fingerprint, r.executionId, r.source, int(r.line), r.issuedAt, r.signerKeyId,
+                         r.runtimeHash, r.action, []])
     frame = pd.DataFrame(rows, columns=list(EXECUTION_COLUMNS))
     return frame.sort_values(["execution_fingerprint", "issuedAt", "source", "line"], kind="stable").reset_index(drop=True)
 
@@ -253,7 +283,7 @@ def find_replays(sources: Source | Sequence[Source], *, client: Any = None, scra
             for i in damaged:
                 parts[i] = _strict_part(con, i, names[i], parts[i][1], unreadable)
             _create_views(con, parts)
-            counts = None
+            _, counts = _damaged_sources(con, parts)
         return ReplayReport(con, names, stack, unreadable, counts)
     except BaseException:
         con.close()
@@ -283,11 +313,9 @@ def _create_views(con, parts: list[tuple[str, Path | None]]) -> None:
 
 def _damaged_sources(con, parts: list[tuple[str, Path | None]]) -> tuple[list[int], tuple[int, int] | None]:
     """Archives with a line DuckDB cannot read, or a record without its keys, and the (records, unverified)
-    counts: one scan when all is well."""
-    bad = "executionId IS NULL OR execution_fingerprint IS NULL OR decision IS NULL"
+    counts: one scan (index_records) when all is well."""
     try:
-        counts = con.execute(f"SELECT src, count(*) FILTER (WHERE {bad}), count(*), count(*) FILTER (WHERE import_status = "
-                             "'unverified') FROM records GROUP BY src").fetchall()
+        counts = index_records(con)
         damaged = sorted(i for i, n, _, _ in counts if n and parts[i][1] is not None)
         return damaged, (sum(c[2] for c in counts), sum(c[3] for c in counts))
     except duckdb.Error:
@@ -297,7 +325,7 @@ def _damaged_sources(con, parts: list[tuple[str, Path | None]]) -> tuple[list[in
         if lines is None:
             continue
         try:
-            if con.execute(f"SELECT count(*) FROM ({sql}) WHERE {bad}").fetchall()[0][0]:
+            if con.execute(f"SELECT count(*) FROM ({sql}) WHERE {_BAD}").fetchall()[0][0]:
                 damaged.append(i)
         except duckdb.Error:
             damaged.append(i)
