@@ -1,13 +1,13 @@
 """Replay detection on a Dask cluster: the same findings, in the same order, as find_replays on one machine.
 
-Dask schedules and DuckDB groups. Pass 1, a task per source on the workers: read the
-source as find_replays does (damaged archives line by line, naming what cannot be
-read) and write its records to Parquet under ``scratch`` twice, split into buckets
-by hash(execution_fingerprint) and by hash(executionId). Pass 2, a task per bucket:
-the same GROUP BYs find_replays runs (replays.group_records), over that bucket only.
-Every group is one fingerprint or one executionId, so it lies whole in one bucket;
-the client joins the buckets' results and sorts them as one machine would. The
-report's ``sql()`` reads the Parquet files (so ``scratch`` must be shared storage).
+Dask schedules and DuckDB groups, as find_replays does, in three passes of small messages. Pass 1, a task per source:
+read it once as find_replays does (a damaged archive line by line, naming what cannot be read) and write the 64-bit
+hashes of its fingerprints and executionIds to Parquet under ``scratch``, split into buckets by hash. Pass 2, a task
+per bucket: the hashes seen more than once across every source. Pass 3, a task per source: its records with those
+hashes (the candidates; a collision only adds one). The client groups the candidates by their real values exactly as
+one machine does (replays.group_candidates). A .zip or .tar.gz source is unpacked into ``scratch`` once (so
+``scratch`` must be storage every worker sees); the report's ``sql()`` reads the sources from this machine, on first
+use. DuckDB's ``hash`` must agree on every worker, so every task reports its DuckDB version and a mix is refused.
 """
 
 from __future__ import annotations
@@ -19,23 +19,27 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 from .archive import ArchiveError
-from .audit import open_in_process, source_name
-from .cluster import _guarded, _unwrap
+from .audit import is_duckdb_file, open_in_process, source_name
+from .cluster import _guarded, _unwrap, unpack_task
 from .replays import (
     _BAD,
-    _CONTENT,
+    FP_CANDIDATE_COLUMNS,
+    ID_CANDIDATE_COLUMNS,
     ReplayReport,
     _create_views,
     _part,
     _strict_part,
-    group_records,
-    index_records,
+    group_candidates,
     memory_connection,
-    reused_ids,
 )
+
+
+class _Damaged(Exception):
+    """A source with records DuckDB read without their keys: read it again line by line."""
 
 
 def _worker_threads() -> int | None:
@@ -48,63 +52,92 @@ def _worker_threads() -> int | None:
         return None
 
 
-def _bucket_source(i: int, source: Any, name: str, run: str, buckets: int) -> dict[str, Any]:
-    """Pass 1 for one source: its records into by_fp/src{i}/ and by_id/src{i}/, one folder per bucket."""
+def _read_source(con, stack: ExitStack, i: int, source: Any, name: str, damaged: bool | None,
+                 unreadable: list[dict[str, Any]]) -> tuple[str, bool]:
+    """The SELECT reading one source in the ``records`` shape, as find_replays reads it, and whether it is damaged.
+    ``damaged`` None: find out (pass 1, which loads ``keys``); else as pass 1 found."""
+    sql, lines = _part(con, stack, i, source, name)
+    if damaged is None:
+        try:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE keys AS SELECT hash(execution_fingerprint) AS fp, hash(executionId) AS id, "
+                        f"import_status = 'unverified' AS unverified, ({_BAD}) AS bad FROM ({sql})")
+            if lines is not None and con.execute("SELECT count(*) FROM keys WHERE bad").fetchall()[0][0]:
+                raise _Damaged
+            return sql, False
+        except (duckdb.Error, _Damaged):
+            if lines is None:
+                raise
+            damaged = True
+    if not damaged:
+        return sql, False
+    sql, _ = _strict_part(con, i, name, lines, unreadable)
+    return sql, True
+
+
+def _hash_source(i: int, source: Any, name: str, run: str, buckets: int) -> dict[str, Any]:
+    """Pass 1 for one source: its hashes into by_fp/src{i}/ and by_id/src{i}/, one folder per bucket; its counts."""
     con, stack = memory_connection(_worker_threads()), ExitStack()
     try:
-        sql, lines = _part(con, stack, i, source, name)
         unreadable: list[dict[str, Any]] = []
-        try:
-            damaged = lines is not None and con.execute(f"SELECT count(*) FROM ({sql}) WHERE {_BAD}").fetchall()[0][0] > 0
-        except duckdb.Error:
-            damaged = lines is not None
+        sql, damaged = _read_source(con, stack, i, source, name, None, unreadable)
         if damaged:
-            sql, _ = _strict_part(con, i, name, lines, unreadable)
-        counts = con.execute(f"SELECT count(*), count(*) FILTER (WHERE import_status = 'unverified') FROM ({sql})").fetchall()[0]
-        # the fingerprint split keeps whole records (the report's sql() reads them); the executionId split only what
-        # the reuse grouping needs: the content hash is computed here, once, as group_records computes it
-        for key, columns, by in (("by_fp", "*", "execution_fingerprint"),
-                                 ("by_id", f"executionId, source, {_CONTENT} AS content", "executionId")):
-            target = Path(run) / key / f"src{i}"
+            con.execute(f"CREATE OR REPLACE TEMP TABLE keys AS SELECT hash(execution_fingerprint) AS fp, hash(executionId) AS id, "
+                        f"import_status = 'unverified' AS unverified FROM ({sql})")
+        counts = con.execute("SELECT count(*), count(*) FILTER (WHERE unverified) FROM keys").fetchall()[0]
+        for key in ("fp", "id"):
+            target = Path(run) / f"by_{key}" / f"src{i}"
             target.parent.mkdir(parents=True, exist_ok=True)
-            con.execute(f"COPY (SELECT {columns}, hash({by}) % {buckets} AS bucket FROM ({sql})) TO '{_text(str(target))}' "
+            con.execute(f"COPY (SELECT {key} AS h, {key} % {buckets} AS bucket FROM keys) TO '{_text(str(target))}' "
                         "(FORMAT PARQUET, PARTITION_BY (bucket), OVERWRITE true)")  # a task run twice writes the same
-        return {"counts": tuple(counts), "unreadable": unreadable}
+        return {"counts": tuple(counts), "unreadable": unreadable, "damaged": damaged, "duckdb": duckdb.__version__}
     finally:
         con.close()
         stack.close()
 
 
-def bucket_task(i: int, source: str, name: str, run: str, buckets: int) -> tuple[str, Any]:
-    return _guarded(_bucket_source, source, i, source, name, run, buckets)
+def hash_task(i: int, source: str, name: str, run: str, buckets: int) -> tuple[str, Any]:
+    return _guarded(_hash_source, name, i, source, name, run, buckets)
 
 
-def _files(run: str | Path, key: str, bucket: int | str = "*") -> str | None:
-    """A SQL list of the Parquet files of one bucket (every bucket: "*") of one split; None when there is none."""
-    found = sorted(Path(run, key).glob(f"src*/bucket={bucket}/*.parquet"))
-    return "[" + ", ".join(f"'{_text(str(f))}'" for f in found) + "]" if found else None
-
-
-def _group_bucket(run: str, bucket: int) -> tuple[pd.DataFrame | None, pd.DataFrame | None, int]:
-    """Pass 2 for one bucket: group_records over the fingerprint bucket (replays) and the executionId bucket (reuse)."""
+def _repeated_in_bucket(run: str, bucket: int) -> dict[str, Any]:
+    """Pass 2 for one bucket: the fingerprint and executionId hashes it holds more than once, across every source."""
     con = memory_connection(_worker_threads())
     try:
-        occurrences = reused = None
-        copies = 0
-        by_fp, by_id = _files(run, "by_fp", bucket), _files(run, "by_id", bucket)
-        if by_fp is not None:
-            _create_views(con, [(f"SELECT * FROM read_parquet({by_fp}, hive_partitioning = false)", None)])
-            index_records(con)
-            occurrences, _, _ = group_records(con)
-        if by_id is not None:
-            reused, copies = reused_ids(con, f"read_parquet({by_id}, hive_partitioning = false)", "content")
-        return occurrences, reused, copies
+        found = {"duckdb": duckdb.__version__}
+        for key in ("fp", "id"):
+            files = sorted(Path(run, f"by_{key}").glob(f"src*/bucket={bucket}/*.parquet"))
+            listed = "[" + ", ".join(f"'{_text(str(f))}'" for f in files) + "]"
+            found[key] = np.array([h for (h,) in con.execute(
+                f"SELECT h FROM read_parquet({listed}, hive_partitioning = false) GROUP BY h HAVING count(*) > 1 ORDER BY h"
+            ).fetchall()], dtype=np.uint64) if files else np.array([], dtype=np.uint64)
+        return found
     finally:
         con.close()
 
 
-def group_task(run: str, bucket: int) -> tuple[str, Any]:
-    return _guarded(_group_bucket, f"{run} bucket {bucket}", run, bucket)
+def repeated_task(run: str, bucket: int) -> tuple[str, Any]:
+    return _guarded(_repeated_in_bucket, f"{run} bucket {bucket}", run, bucket)
+
+
+def _candidates_of_source(i: int, source: Any, name: str, damaged: bool, repeated: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Pass 3 for one source: its records whose fingerprint or executionId hash repeats somewhere."""
+    con, stack = memory_connection(_worker_threads()), ExitStack()
+    try:
+        sql, _ = _read_source(con, stack, i, source, name, damaged, [])
+        out: dict[str, Any] = {"duckdb": duckdb.__version__}
+        for key, column, columns in (("fp", "execution_fingerprint", FP_CANDIDATE_COLUMNS), ("id", "executionId",
+                                                                                            ID_CANDIDATE_COLUMNS)):
+            con.register(f"repeated_{key}", pd.DataFrame({"h": repeated[key]}))
+            where = f"hash({column}) IN (SELECT h FROM repeated_{key})" if len(repeated[key]) else "false"
+            out[key] = con.execute(f"SELECT {columns} FROM ({sql}) WHERE {where}").df()
+        return out
+    finally:
+        con.close()
+        stack.close()
+
+
+def candidates_task(i: int, source: str, name: str, damaged: bool, repeated: dict[str, np.ndarray]) -> tuple[str, Any]:
+    return _guarded(_candidates_of_source, name, i, source, name, damaged, repeated)
 
 
 def find_replays_on_cluster(client: Any, sources: list[Any], *, scratch: str | Path | None = None,
@@ -112,39 +145,50 @@ def find_replays_on_cluster(client: Any, sources: list[Any], *, scratch: str | P
     if not sources:
         raise ArchiveError("ARC-005", "find_replays needs at least one archive or audit DB")
     names = [source_name(s) for s in sources]
-    run = Path(scratch if scratch is not None else tempfile.mkdtemp(prefix="parmana-replays-")) / f"replays-{uuid.uuid4().hex}"
+    base = Path(scratch if scratch is not None else tempfile.mkdtemp(prefix="parmana-replays-"))
+    run = base / f"replays-{uuid.uuid4().hex}"
     run.mkdir(parents=True)
     buckets = buckets or max(4, 2 * len(client.scheduler_info()["workers"]))
-    passes = []
-    for i, (source, name) in enumerate(zip(sources, names)):
-        if open_in_process(source) is not None:  # held by this process: only it can read it
-            passes.append(_guarded(_bucket_source, name, i, source, name, str(run), buckets))
-        else:
-            passes.append(client.submit(bucket_task, i, str(source), name, str(run), buckets, pure=False))
-    firsts = [_unwrap(p if isinstance(p, tuple) else p.result()) for p in passes]  # every source bucketed before grouping
-    every = _files(run, "by_fp")
-    if every is None:  # no records anywhere (empty sources): nothing to distribute
-        from .replays import find_replays
+    here = [open_in_process(s) is not None for s in sources]  # held by this process: only it can read it
+    packed = [not here[i] and Path(s).is_file() and not is_duckdb_file(Path(s)) for i, s in enumerate(sources)]
+    unpacked = {i: client.submit(unpack_task, str(s), str(base / "unpacked"), pure=False)
+                for i, s in enumerate(sources) if packed[i]}
+    readable = [_unwrap(unpacked[i].result()) if i in unpacked else s if here[i] else str(s) for i, s in enumerate(sources)]
 
-        return find_replays(sources)
-    groups = [client.submit(group_task, str(run), b, pure=False) for b in range(buckets)]
-    parts = [_unwrap(g.result()) for g in groups]
+    def each_source(task, local, remote_extra: list[Any], local_extra: list[Any]) -> list[Any]:
+        """One task per source (in this process for a source it holds), results in source order."""
+        pending = [_guarded(local, names[i], i, s, names[i], *local_extra[i]) if here[i]
+                   else client.submit(task, i, s, names[i], *remote_extra[i], pure=False) for i, s in enumerate(readable)]
+        return [_unwrap(p if isinstance(p, tuple) else p.result()) for p in pending]
+
+    every = range(len(sources))
+    firsts = each_source(hash_task, _hash_source, [(str(run), buckets)] * len(sources), [(str(run), buckets)] * len(sources))
+    found = [_unwrap(f.result()) for f in [client.submit(repeated_task, str(run), b, pure=False) for b in range(buckets)]]
+    repeated = {key: np.sort(np.concatenate([f[key] for f in found])) for key in ("fp", "id")}
+    shared = client.scatter(repeated, broadcast=True, hash=False)
+    seconds = each_source(candidates_task, _candidates_of_source, [(firsts[i]["damaged"], shared) for i in every],
+                          [(firsts[i]["damaged"], repeated) for i in every])
+    versions = {r["duckdb"] for r in [*firsts, *found, *seconds]}
+    if len(versions) > 1:
+        raise ArchiveError("ARC-010", f"the workers run different DuckDB versions ({', '.join(sorted(versions))}); replay "
+                           "buckets hash values with DuckDB, so every worker must run the same one")
     con = memory_connection()
     try:
-        _create_views(con, [(f"SELECT * FROM read_parquet({every}, hive_partitioning = false)", None)])
-        # some bucket of each kind holds records (there are files), so each concat has a frame with the columns
-        occurrences = pd.concat([p[0] for p in parts if p[0] is not None], ignore_index=True)
-        occurrences = occurrences.sort_values(["execution_fingerprint", "executionId", "src", "line"], kind="stable")
-        reused = pd.concat([p[1] for p in parts if p[1] is not None], ignore_index=True)
-        reused = reused.sort_values("executionId", kind="stable").reset_index(drop=True)
-        grouped = (occurrences.reset_index(drop=True), reused, sum(p[2] for p in parts))
+        for key in ("fp", "id"):
+            con.register(f"{key}_candidates", pd.concat([s[key] for s in seconds], ignore_index=True))
+        grouped = group_candidates(con, "fp_candidates", "id_candidates")
         counts = (sum(f["counts"][0] for f in firsts), sum(f["counts"][1] for f in firsts))
         unreadable = [u for f in firsts for u in f["unreadable"]]
-        return ReplayReport(con, names, ExitStack(), unreadable, counts, grouped=grouped)
+        stack = ExitStack()
+
+        def views() -> None:  # your own SQL: the records view over the sources, as one machine reads them
+            parts = [_read_source(con, stack, i, s, names[i], firsts[i]["damaged"], [])[0] for i, s in enumerate(readable)]
+            _create_views(con, [(sql, None) for sql in parts])
+
+        return ReplayReport(con, names, stack, unreadable, counts, grouped=grouped, views=views)
     except BaseException:
         con.close()
         raise
-
 
 
 def _text(text: str) -> str:

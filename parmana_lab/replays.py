@@ -17,7 +17,7 @@ The views ``executions`` and ``replays`` hold exactly those, for your own SQL.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -68,9 +68,10 @@ class ReplayReport:
 
     def __init__(self, con: duckdb.DuckDBPyConnection, sources: list[str], stack: ExitStack,
                  unreadable: list[dict[str, Any]], counts: tuple[int, int] | None = None,
-                 grouped: tuple[pd.DataFrame, pd.DataFrame, int] | None = None) -> None:
-        """``grouped``: (occurrences, reused ids, copies) already computed bucket by bucket (on a cluster)."""
-        self.con, self.sources, self.unreadable = con, sources, unreadable
+                 grouped: tuple[pd.DataFrame, pd.DataFrame, int] | None = None, views: Callable[[], None] | None = None) -> None:
+        """``grouped``: (occurrences, reused ids, copies) already computed on a cluster; ``views``: what creates the views
+        ``sql()`` reads, on its first use (a cluster's report reads the sources only if asked)."""
+        self.con, self.sources, self.unreadable, self._views = con, sources, unreadable, views
         self._finalizer = weakref.finalize(self, _release, con, stack)
         self.records, self.unverified = counts if counts is not None else con.execute(
             "SELECT count(*), count(*) FILTER (WHERE import_status = 'unverified') FROM records"
@@ -94,11 +95,18 @@ class ReplayReport:
     @property
     def relation(self) -> duckdb.DuckDBPyRelation:
         """Every record of every source: source, line, every attestation member (decision as a struct), action."""
+        self._create_views()
         return self.con.table("records")
 
     def sql(self, query: str) -> pd.DataFrame:
         """Your own SQL over the views ``records``, ``executions`` and ``replays``."""
+        self._create_views()
         return self.con.execute(query).df()
+
+    def _create_views(self) -> None:
+        views, self._views = self._views, None
+        if views is not None:
+            views()
 
     @property
     def occurrences(self) -> pd.DataFrame:
@@ -194,30 +202,38 @@ def index_records(con: duckdb.DuckDBPyConnection) -> list[tuple[int, int, int, i
     return con.execute("SELECT src, bad, n, unverified FROM record_groups WHERE kind = 'src' ORDER BY src").fetchall()
 
 
+FP_CANDIDATE_COLUMNS = "execution_fingerprint, executionId, source, line, issuedAt, signerKeyId, runtimeHash, action, src"
+ID_CANDIDATE_COLUMNS = f"executionId, source, {_CONTENT} AS content"
+
+
 def group_records(con: duckdb.DuckDBPyConnection) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """(occurrences of replayed fingerprints, executionIds reused with other content, copies) of the ``records`` view,
     once index_records has read it.
 
     Only records whose fingerprint or executionId hash occurs more than once can be in a group (a hash collision
-    only adds a candidate), so just those are kept from a second scan and grouped by their real values. Every group
-    is of one fingerprint or one executionId, so the records can be split by either's hash and grouped part by part
-    (the cluster does, cluster_replays.py) with the same results once joined.
+    only adds a candidate), so just those are kept from a second scan (the content of every member only when an
+    executionId hash repeats) and grouped by their real values. The cluster finds the same candidates source by
+    source (cluster_replays.py) and groups them with group_candidates, as here.
     """
-    con.execute("CREATE OR REPLACE TEMP TABLE fp_candidates AS SELECT execution_fingerprint, executionId, source, line, "
-                "issuedAt, signerKeyId, runtimeHash, action, src FROM records "
+    con.execute(f"CREATE OR REPLACE TEMP TABLE fp_candidates AS SELECT {FP_CANDIDATE_COLUMNS} FROM records "
                 "WHERE hash(execution_fingerprint) IN (SELECT fp FROM record_groups WHERE kind = 'fp')")
+    repeated = con.execute("SELECT count(*) FROM record_groups WHERE kind = 'id'").fetchall()[0][0]
+    con.execute(f"CREATE OR REPLACE TEMP TABLE id_candidates AS SELECT {ID_CANDIDATE_COLUMNS} FROM records WHERE "
+                + ("hash(executionId) IN (SELECT id FROM record_groups WHERE kind = 'id')" if repeated else "false"))
+    return group_candidates(con, "fp_candidates", "id_candidates")
+
+
+def group_candidates(con: duckdb.DuckDBPyConnection, fp_candidates: str, id_candidates: str) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """The exact groups among candidate records: ``fp_candidates`` has FP_CANDIDATE_COLUMNS and every record of each
+    fingerprint it holds, ``id_candidates`` ID_CANDIDATE_COLUMNS and every record of each executionId it holds."""
     occurrences = con.execute(
-        """
-        WITH replayed AS (SELECT execution_fingerprint FROM fp_candidates GROUP BY ALL HAVING count(DISTINCT executionId) > 1)
-        SELECT * FROM fp_candidates SEMI JOIN replayed USING (execution_fingerprint)
+        f"""
+        WITH replayed AS (SELECT execution_fingerprint FROM {fp_candidates} GROUP BY ALL HAVING count(DISTINCT executionId) > 1)
+        SELECT {FP_CANDIDATE_COLUMNS} FROM {fp_candidates} SEMI JOIN replayed USING (execution_fingerprint)
         ORDER BY execution_fingerprint, executionId, src, line
         """
     ).df()
-    repeated = con.execute("SELECT count(*) FROM record_groups WHERE kind = 'id'").fetchall()[0][0]
-    # the content of every member is read only when some executionId hash repeats
-    con.execute(f"CREATE OR REPLACE TEMP TABLE id_candidates AS SELECT executionId, source, {_CONTENT} AS content FROM records "
-                f"WHERE {'hash(executionId) IN (SELECT id FROM record_groups WHERE kind = ' + repr('id') + ')' if repeated else 'false'}")
-    reused, copies = reused_ids(con, "id_candidates", "content")
+    reused, copies = reused_ids(con, id_candidates, "content")
     return occurrences, reused, copies
 
 
