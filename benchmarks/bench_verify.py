@@ -1,8 +1,8 @@
 """Verification targets (issue: archives and bulk verification).
 
-- single worker: verify_archive throughput >= 0.8x a bare PyNaCl loop verifying
-  the same signatures over the same messages;
-- workers=2 >= 1.6x the single-worker rate (2 cores).
+- single worker: verify_archive throughput >= 0.75x a bare PyNaCl loop verifying
+  the same signatures over the same messages (re-based by the fast-paths issue from 0.8, measured unreachable);
+- workers=2 >= 1.7x the single-worker rate (2 cores; the fast-paths issue raised it from 1.6).
 - the command line, whole process (fast-paths issue): `parmana-lab verify` of a 50-line archive at
   most 3x `python -c "import nacl.bindings, orjson, pydantic"`; of 60,000 attestations with
   --workers 1 at least 0.7x the bare PyNaCl loop's rate, and --workers 2 at least 1.6x --workers 1.
@@ -81,7 +81,7 @@ def bench_verify() -> list[Measure]:
             return N
 
         _, b = interleaved(kit, bare, rounds=7)
-    return [Measure("verify_archive 1 worker vs bare PyNaCl verify loop", best, b, "att/s", 0.8)]
+    return [Measure("verify_archive 1 worker vs bare PyNaCl verify loop", best, b, "att/s", 0.75)]
 
 
 def bench_workers(n: int = 100_000) -> list[Measure]:
@@ -92,7 +92,7 @@ def bench_workers(n: int = 100_000) -> list[Measure]:
         for _ in range(2):
             for workers in (1, 2):
                 rates[workers] = max(rates[workers], _rate(path, store, workers, n))
-    return [Measure(f"verify_archive 2 workers vs 1 worker ({n:,} attestations)", rates[2], rates[1], "att/s", 1.6)]
+    return [Measure(f"verify_archive 2 workers vs 1 worker ({n:,} attestations)", rates[2], rates[1], "att/s", 1.7)]
 
 
 
