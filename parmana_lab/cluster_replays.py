@@ -38,10 +38,6 @@ from .replays import (
 )
 
 
-class _Damaged(Exception):
-    """A source with records DuckDB read without their keys: read it again line by line."""
-
-
 def _worker_threads() -> int | None:
     """A Dask worker's share of the cores (its nthreads), so DuckDB does not oversubscribe the machine."""
     try:
@@ -52,37 +48,34 @@ def _worker_threads() -> int | None:
         return None
 
 
-def _read_source(con, stack: ExitStack, i: int, source: Any, name: str, damaged: bool | None,
-                 unreadable: list[dict[str, Any]]) -> tuple[str, bool]:
-    """The SELECT reading one source in the ``records`` shape, as find_replays reads it, and whether it is damaged.
-    ``damaged`` None: find out (pass 1, which loads ``keys``); else as pass 1 found."""
+def _load_keys(con, sql: str) -> int:
+    """One scan of a source into ``keys`` (the hashes pass 1 writes); returns how many records lack their keys."""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE keys AS SELECT hash(execution_fingerprint) AS fp, hash(executionId) AS id, "
+                f"import_status = 'unverified' AS unverified, ({_BAD}) AS bad FROM ({sql})")
+    return con.execute("SELECT count(*) FROM keys WHERE bad").fetchall()[0][0]
+
+
+def _source_select(con, stack: ExitStack, i: int, source: Any, name: str, damaged: bool) -> str:
+    """The SELECT reading one source in the ``records`` shape as pass 1 read it (a damaged archive line by line)."""
     sql, lines = _part(con, stack, i, source, name)
-    if damaged is None:
-        try:
-            con.execute(f"CREATE OR REPLACE TEMP TABLE keys AS SELECT hash(execution_fingerprint) AS fp, hash(executionId) AS id, "
-                        f"import_status = 'unverified' AS unverified, ({_BAD}) AS bad FROM ({sql})")
-            if lines is not None and con.execute("SELECT count(*) FROM keys WHERE bad").fetchall()[0][0]:
-                raise _Damaged
-            return sql, False
-        except (duckdb.Error, _Damaged):
-            if lines is None:
-                raise
-            damaged = True
-    if not damaged:
-        return sql, False
-    sql, _ = _strict_part(con, i, name, lines, unreadable)
-    return sql, True
+    return _strict_part(con, i, name, lines, [])[0] if damaged else sql
 
 
 def _hash_source(i: int, source: Any, name: str, run: str, buckets: int) -> dict[str, Any]:
-    """Pass 1 for one source: its hashes into by_fp/src{i}/ and by_id/src{i}/, one folder per bucket; its counts."""
+    """Pass 1 for one source: its hashes into by_fp/src{i}/ and by_id/src{i}/, one folder per bucket; its counts;
+    whether it is damaged (read as find_replays reads it: an archive DuckDB cannot read whole, line by line)."""
     con, stack = memory_connection(_worker_threads()), ExitStack()
     try:
         unreadable: list[dict[str, Any]] = []
-        sql, damaged = _read_source(con, stack, i, source, name, None, unreadable)
+        sql, lines = _part(con, stack, i, source, name)
+        try:
+            damaged = bool(_load_keys(con, sql)) and lines is not None
+        except duckdb.Error:
+            if lines is None:
+                raise
+            damaged = True
         if damaged:
-            con.execute(f"CREATE OR REPLACE TEMP TABLE keys AS SELECT hash(execution_fingerprint) AS fp, hash(executionId) AS id, "
-                        f"import_status = 'unverified' AS unverified FROM ({sql})")
+            _load_keys(con, _strict_part(con, i, name, lines, unreadable)[0])
         counts = con.execute("SELECT count(*), count(*) FILTER (WHERE unverified) FROM keys").fetchall()[0]
         for key in ("fp", "id"):
             target = Path(run) / f"by_{key}" / f"src{i}"
@@ -107,9 +100,8 @@ def _repeated_in_bucket(run: str, bucket: int) -> dict[str, Any]:
         for key in ("fp", "id"):
             files = sorted(Path(run, f"by_{key}").glob(f"src*/bucket={bucket}/*.parquet"))
             listed = "[" + ", ".join(f"'{_text(str(f))}'" for f in files) + "]"
-            found[key] = np.array([h for (h,) in con.execute(
-                f"SELECT h FROM read_parquet({listed}, hive_partitioning = false) GROUP BY h HAVING count(*) > 1 ORDER BY h"
-            ).fetchall()], dtype=np.uint64) if files else np.array([], dtype=np.uint64)
+            found[key] = con.execute(f"SELECT h FROM read_parquet({listed}, hive_partitioning = false) GROUP BY h "
+                                     "HAVING count(*) > 1").fetchnumpy()["h"] if files else np.array([], dtype=np.uint64)
         return found
     finally:
         con.close()
@@ -123,7 +115,7 @@ def _candidates_of_source(i: int, source: Any, name: str, damaged: bool, repeate
     """Pass 3 for one source: its records whose fingerprint or executionId hash repeats somewhere."""
     con, stack = memory_connection(_worker_threads()), ExitStack()
     try:
-        sql, _ = _read_source(con, stack, i, source, name, damaged, [])
+        sql = _source_select(con, stack, i, source, name, damaged)
         out: dict[str, Any] = {"duckdb": duckdb.__version__}
         for key, column, columns in (("fp", "execution_fingerprint", FP_CANDIDATE_COLUMNS), ("id", "executionId",
                                                                                             ID_CANDIDATE_COLUMNS)):
@@ -182,7 +174,7 @@ def find_replays_on_cluster(client: Any, sources: list[Any], *, scratch: str | P
         stack = ExitStack()
 
         def views() -> None:  # your own SQL: the records view over the sources, as one machine reads them
-            parts = [_read_source(con, stack, i, s, names[i], firsts[i]["damaged"], [])[0] for i, s in enumerate(readable)]
+            parts = [_source_select(con, stack, i, s, names[i], firsts[i]["damaged"]) for i, s in enumerate(readable)]
             _create_views(con, [(sql, None) for sql in parts])
 
         return ReplayReport(con, names, stack, unreadable, counts, grouped=grouped, views=views)
