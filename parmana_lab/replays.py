@@ -67,15 +67,13 @@ class ReplayReport:
     """
 
     def __init__(self, con: duckdb.DuckDBPyConnection, sources: list[str], stack: ExitStack,
-                 unreadable: list[dict[str, Any]], counts: tuple[int, int] | None = None,
+                 unreadable: list[dict[str, Any]], counts: tuple[int, int],
                  grouped: tuple[pd.DataFrame, pd.DataFrame, int] | None = None, views: Callable[[], None] | None = None) -> None:
         """``grouped``: (occurrences, reused ids, copies) already computed on a cluster; ``views``: what creates the views
         ``sql()`` reads, on its first use (a cluster's report reads the sources only if asked)."""
         self.con, self.sources, self.unreadable, self._views = con, sources, unreadable, views
         self._finalizer = weakref.finalize(self, _release, con, stack)
-        self.records, self.unverified = counts if counts is not None else con.execute(
-            "SELECT count(*), count(*) FILTER (WHERE import_status = 'unverified') FROM records"
-        ).fetchall()[0]
+        self.records, self.unverified = counts
         occurrences, self.reused_ids, self.copies = grouped if grouped is not None else group_records(con)
         self.executions = _collapse_copies(occurrences)
 
@@ -295,11 +293,11 @@ def find_replays(sources: Source | Sequence[Source], *, client: Any = None, scra
         unreadable: list[dict[str, Any]] = []
         _create_views(con, parts)
         damaged, counts = _damaged_sources(con, parts)
-        if damaged:  # read those line by line, so each unreadable record is named (an oversized line is ARC-006)
-            for i in damaged:
+        if damaged or counts is None:  # read those line by line, so each unreadable record is named (an oversized
+            for i in damaged:  # line is ARC-006); an audit DB that cannot be read raises DuckDB's error from here
                 parts[i] = _strict_part(con, i, names[i], parts[i][1], unreadable)
             _create_views(con, parts)
-            _, counts = _damaged_sources(con, parts)
+            counts = _totals(index_records(con))
         return ReplayReport(con, names, stack, unreadable, counts)
     except BaseException:
         con.close()
@@ -331,9 +329,8 @@ def _damaged_sources(con, parts: list[tuple[str, Path | None]]) -> tuple[list[in
     """Archives with a line DuckDB cannot read, or a record without its keys, and the (records, unverified)
     counts: one scan (index_records) when all is well."""
     try:
-        counts = index_records(con)
-        damaged = sorted(i for i, n, _, _ in counts if n and parts[i][1] is not None)
-        return damaged, (sum(c[2] for c in counts), sum(c[3] for c in counts))
+        per_source = index_records(con)
+        return sorted(i for i, n, _, _ in per_source if n and parts[i][1] is not None), _totals(per_source)
     except duckdb.Error:
         pass
     damaged = []
@@ -346,6 +343,11 @@ def _damaged_sources(con, parts: list[tuple[str, Path | None]]) -> tuple[list[in
         except duckdb.Error:
             damaged.append(i)
     return damaged, None
+
+
+def _totals(per_source: list[tuple[int, int, int, int]]) -> tuple[int, int]:
+    """(records, unverified) over every source, from index_records' rows."""
+    return sum(c[2] for c in per_source), sum(c[3] for c in per_source)
 
 
 def _select(i: int, name: str, relation: str, line: str, import_status: str) -> str:
