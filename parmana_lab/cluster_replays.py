@@ -7,7 +7,8 @@ per bucket: the hashes seen more than once across every source. Pass 3, a task p
 hashes (the candidates; a collision only adds one). The client groups the candidates by their real values exactly as
 one machine does (replays.group_candidates). A .zip or .tar.gz source is unpacked into ``scratch`` once (so
 ``scratch`` must be storage every worker sees); the report's ``sql()`` reads the sources from this machine, on first
-use. DuckDB's ``hash`` must agree on every worker, so every task reports its DuckDB version and a mix is refused.
+use. DuckDB's ``hash`` must agree everywhere, so every task reports its DuckDB version and one unlike the client's
+is refused.
 """
 
 from __future__ import annotations
@@ -154,16 +155,15 @@ def find_replays_on_cluster(client: Any, sources: list[Any], *, scratch: str | P
         return [_unwrap(p if isinstance(p, tuple) else p.result()) for p in pending]
 
     every = range(len(sources))
-    firsts = each_source(hash_task, _hash_source, [(str(run), buckets)] * len(sources), [(str(run), buckets)] * len(sources))
-    found = [_unwrap(f.result()) for f in [client.submit(repeated_task, str(run), b, pure=False) for b in range(buckets)]]
+    firsts = _same_duckdb(each_source(hash_task, _hash_source, [(str(run), buckets)] * len(sources),
+                                      [(str(run), buckets)] * len(sources)))
+    found = _same_duckdb([_unwrap(f.result()) for f in [client.submit(repeated_task, str(run), b, pure=False)
+                                                         for b in range(buckets)]])
     repeated = {key: np.sort(np.concatenate([f[key] for f in found])) for key in ("fp", "id")}
     shared = client.scatter(repeated, broadcast=True, hash=False)
     seconds = each_source(candidates_task, _candidates_of_source, [(firsts[i]["damaged"], shared) for i in every],
                           [(firsts[i]["damaged"], repeated) for i in every])
-    versions = {r["duckdb"] for r in [*firsts, *found, *seconds]}
-    if len(versions) > 1:
-        raise ArchiveError("ARC-010", f"the workers run different DuckDB versions ({', '.join(sorted(versions))}); replay "
-                           "buckets hash values with DuckDB, so every worker must run the same one")
+    _same_duckdb(seconds)
     con = memory_connection()
     try:
         for key in ("fp", "id"):
@@ -181,6 +181,15 @@ def find_replays_on_cluster(client: Any, sources: list[Any], *, scratch: str | P
     except BaseException:
         con.close()
         raise
+
+
+def _same_duckdb(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each pass's results, once every task ran this machine's DuckDB (the buckets are DuckDB's ``hash``)."""
+    other = sorted({r["duckdb"] for r in results} - {duckdb.__version__})
+    if other:
+        raise ArchiveError("ARC-010", f"workers run DuckDB {', '.join(other)}, this machine {duckdb.__version__}: replay "
+                           "buckets hash values with DuckDB, so the client and every worker must run the same one")
+    return results
 
 
 def _text(text: str) -> str:

@@ -243,6 +243,16 @@ def test_a_worker_killed_during_find_replays_changes_nothing(replay_sources, doo
     assert took > 0.3, f"the run ended ({took:.2f} s) before the worker was killed"  # so the kill landed mid-run
 
 
+def test_workers_on_another_duckdb_are_refused_before_anything_is_grouped(replay_sources, doomed_client, tmp_path):
+    """Replay buckets are DuckDB's hash: a worker whose DuckDB differs from the client's would split groups silently."""
+    from parmana_lab import ArchiveError, find_replays
+
+    doomed_client.run(lambda: setattr(__import__("duckdb"), "__version__", "0.0.1"))  # real workers, another version
+    with pytest.raises(ArchiveError) as info:
+        find_replays(replay_sources, client=doomed_client, scratch=tmp_path)
+    assert info.value.code == "ARC-010" and "DuckDB 0.0.1" in info.value.reason
+
+
 def test_audit_replays_on_a_local_cluster_prints_what_one_machine_prints(replay_sources, tmp_path):
     import subprocess
     import sys
