@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict
 from .archive import MANIFEST, OVERRIDES, SIGNALS, ArchiveError, iter_lines, open_archive, require_attestations, signals_line
 from .attestation import parse_attestation_line
 from .audit import is_duckdb_file, open_in_process, reading, source_name
-from .canonical import canonicalize, fingerprint_payload, parse_json, quote
+from .canonical import canonicalize, fingerprint_payload, parse_canonical, parse_json, quote
 from .charts import bar_chart
 from .checks import PolicyEntry, SignalsAligner, load_archive_policies, policy_entry
 from .errors import CanonicalizationError, ParmanaError, PolicyError
@@ -300,29 +300,29 @@ def _decision_text(d: dict[str, Any]) -> str:
 
 
 def _signals(line: bytes | None, eid: str) -> tuple[dict[str, Any] | None, bytes | None, str | None]:
-    """(signals, their JCS, None) from a signals line, or (None, None, why not)."""
+    """(signals, their JCS, None) from a signals line, or (None, None, why not).
+
+    Read as a strict reader would: a line as exported is JCS and read by orjson; any other through parse_json
+    (duplicate keys refused, integers exact), and a tampered one then shows as INPUT_MISMATCH against the hashes.
+    """
     if line is None:
         return None, None, "no signals for this execution in the source (exported with --no-signals?)"
+    canonical = parse_canonical(line)
     try:
-        item = orjson.loads(line)  # a tampered line shows up as INPUT_MISMATCH against the attested hashes
+        item = canonical[0] if canonical is not None else parse_json(line)
         signals = item.get("signals") if type(item) is dict else None
-        if type(signals) is dict and item.get("executionId") == eid:
-            signals_jcs = canonicalize(signals)
-            if line == b'{"executionId":%s,"signals":%s}' % (quote(eid), signals_jcs):  # as exported: nothing more to ask
-                return signals, signals_jcs, None
-        if canonicalize(item) != line:
-            parse_json(line)  # not as exported: refuse what a strict reader would (duplicate keys make it ambiguous)
-    except orjson.JSONDecodeError as exc:
-        return None, None, f"unusable signals line: {exc}"
+        if type(signals) is dict and canonical is not None and len(item) == 2 and item.get("executionId") == eid:
+            return signals, line[len(b'{"executionId":,"signals":') + len(quote(eid)):-1], None  # JCS of item: its part
+        signals_jcs = canonicalize(signals) if type(signals) is dict else None
     except CanonicalizationError as exc:
         return None, None, f"unusable signals line: {exc.reason}"
-    if not isinstance(item, dict) or item.get("executionId") != eid:
+    if type(item) is not dict or item.get("executionId") != eid:
         return None, None, "no signals line for this execution"
-    if item.get("signals") is None:
+    if signals is None:
         return None, None, "signals were not exported for this execution"
-    if not isinstance(item["signals"], dict):
+    if signals_jcs is None:
         return None, None, "signals is not an object"
-    return item["signals"], canonicalize(item["signals"]), None
+    return signals, signals_jcs, None
 
 
 @contextmanager

@@ -53,6 +53,20 @@ def test_edited_policy_is_not_replayable_and_edited_signals_are_input_mismatch(t
     assert reproduce(bad).to_pandas()["status"].tolist() == ["MATCH", "INPUT_MISMATCH", "MATCH"]
 
 
+def test_signals_lines_are_read_as_a_strict_reader_reads_them(tmp_path, policy_dir, clock):
+    """Duplicate keys: ambiguous. An integer beyond 64 bits (which orjson alone would read as a float): no JSON number
+    the kit accepts, so the record cannot be re-run, rather than be decided on a float."""
+    archive, _ = _archive(tmp_path, policy_dir, clock, [loan_request(score=s) for s in (450, 650, 750)])
+    lines = (archive / "signals.jsonl").read_bytes().splitlines()
+    lines[1] = lines[1][:-1] + b',"signals":{}}'
+    lines[2] = lines[2].replace(b'"credit_score":750', b'"credit_score":80000000000000000000')
+    (archive / "signals.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    rows = reproduce(archive).rows
+    assert rows[0]["status"] == "MATCH"
+    assert rows[1]["status"] == "NOT_REPLAYABLE" and "duplicate object key 'signals'" in rows[1]["why"]
+    assert rows[2]["status"] == "NOT_REPLAYABLE" and rows[2]["why"].startswith("unusable signals line")
+
+
 def test_a_changed_evaluator_diverges_with_the_field_level_difference(tmp_path, policy_dir, clock):
     archive, _ = _archive(tmp_path, policy_dir, clock, [loan_request(score=s) for s in (450, 650, 750)])
 
