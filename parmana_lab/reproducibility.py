@@ -164,11 +164,10 @@ def reproduce(
 
 def _reproduce_rows(source: Any, name: str, what_if: dict[str, str], store: PolicyStore | None, evaluator: Evaluator,
                     progress: Progress) -> list[dict[str, Any]]:
-    replay = _Replayer(what_if, store, evaluator)
     rows: list[dict[str, Any]] = []
     with _records(source) as (records, archived, total, overrides), progress_bar(progress, total, f"reproduce {Path(name).name}",
                                                                       "exec") as bar:
-        replay.archived, replay.overrides = archived, overrides
+        replay = _Replayer(what_if, store, evaluator, archived, overrides)
         for line_no, line, signals_line, unverified in records:
             rows.append(replay(line_no, line, signals_line, unverified))
             if len(rows) % PROGRESS_STEP == 0:
