@@ -33,6 +33,7 @@ from .replays import (
     ReplayReport,
     _create_views,
     _part,
+    _sql_text,
     _strict_part,
     group_candidates,
     memory_connection,
@@ -81,7 +82,7 @@ def _hash_source(i: int, source: Any, name: str, run: str, buckets: int) -> dict
         for key in ("fp", "id"):
             target = Path(run) / f"by_{key}" / f"src{i}"
             target.parent.mkdir(parents=True, exist_ok=True)
-            con.execute(f"COPY (SELECT {key} AS h, {key} % {buckets} AS bucket FROM keys) TO '{_text(str(target))}' "
+            con.execute(f"COPY (SELECT {key} AS h, {key} % {buckets} AS bucket FROM keys) TO '{_sql_text(str(target))}' "
                         "(FORMAT PARQUET, PARTITION_BY (bucket), OVERWRITE true)")  # a task run twice writes the same
         return {"counts": tuple(counts), "unreadable": unreadable, "damaged": damaged, "duckdb": duckdb.__version__}
     finally:
@@ -100,7 +101,7 @@ def _repeated_in_bucket(run: str, bucket: int) -> dict[str, Any]:
         found = {"duckdb": duckdb.__version__}
         for key in ("fp", "id"):
             files = sorted(Path(run, f"by_{key}").glob(f"src*/bucket={bucket}/*.parquet"))
-            listed = "[" + ", ".join(f"'{_text(str(f))}'" for f in files) + "]"
+            listed = "[" + ", ".join(f"'{_sql_text(str(f))}'" for f in files) + "]"
             found[key] = con.execute(f"SELECT h FROM read_parquet({listed}, hive_partitioning = false) GROUP BY h "
                                      "HAVING count(*) > 1").fetchnumpy()["h"] if files else np.array([], dtype=np.uint64)
         return found
@@ -159,7 +160,7 @@ def find_replays_on_cluster(client: Any, sources: list[Any], *, scratch: str | P
                                       [(str(run), buckets)] * len(sources)))
     found = _same_duckdb([_unwrap(f.result()) for f in [client.submit(repeated_task, str(run), b, pure=False)
                                                          for b in range(buckets)]])
-    repeated = {key: np.sort(np.concatenate([f[key] for f in found])) for key in ("fp", "id")}
+    repeated = {key: np.concatenate([f[key] for f in found]) for key in ("fp", "id")}
     shared = client.scatter(repeated, broadcast=True, hash=False)
     seconds = each_source(candidates_task, _candidates_of_source, [(firsts[i]["damaged"], shared) for i in every],
                           [(firsts[i]["damaged"], repeated) for i in every])
@@ -191,6 +192,3 @@ def _same_duckdb(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                            "buckets hash values with DuckDB, so the client and every worker must run the same one")
     return results
 
-
-def _text(text: str) -> str:
-    return text.replace("'", "''")

@@ -45,22 +45,17 @@ def envelope_hash(envelope: dict[str, Any]) -> str:
     return sha256_hex(canonicalize(envelope))
 
 
-def parse_envelope(data: Any) -> dict[str, Any]:
-    """An envelope from JSON text/bytes or a dict, its shape checked (the signature is not: see open_envelope)."""
-    return read_envelope(data)[0]
-
-
 def read_envelope(data: Any) -> tuple[dict[str, Any], str]:
     """(envelope, envelope_hash) from JSON text/bytes or a dict; text already in JCS form is hashed as it is."""
     canonical = parse_canonical(data) if isinstance(data, (str, bytes, bytearray)) else None
     if canonical is not None:
-        envelope = _checked_envelope(canonical[0])
-        return envelope, sha256_hex(canonical[1])
-    envelope = _checked_envelope(data)
+        return parse_envelope(canonical[0]), sha256_hex(canonical[1])
+    envelope = parse_envelope(data)
     return envelope, envelope_hash(envelope)
 
 
-def _checked_envelope(data: Any) -> dict[str, Any]:
+def parse_envelope(data: Any) -> dict[str, Any]:
+    """An envelope from JSON text/bytes or a dict, its shape checked (the signature is not: see open_envelope)."""
     if isinstance(data, (str, bytes, bytearray)):
         try:
             data = parse_json(data)

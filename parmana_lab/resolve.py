@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import audit
 from .canonical import canonicalize, parse_json
-from .dsse import EnvelopeError, envelope_hash, open_envelope, parse_envelope, seal_envelope
+from .dsse import EnvelopeError, envelope_hash, open_envelope, read_envelope, seal_envelope
 from .errors import OverrideError, ParmanaError
 from .evaluate import decide
 from .overrides import (
@@ -220,11 +220,11 @@ def reopen(rt: Runtime, execution_id: str) -> dict[str, Any]:
 def submit(rt: Runtime, envelope: Any) -> OverrideStatus:
     """Check one OverrideResolution in the documented order and record it; sign the outcome when it decides."""
     try:
-        envelope = parse_envelope(envelope)
+        envelope, digest = read_envelope(envelope)
         body, _ = open_envelope(envelope, envelope["payloadType"])
     except EnvelopeError as exc:
         raise OverrideError("OVR-001", f"not a usable override resolution envelope: {exc}") from None
-    resolution = OverrideRecord(kind="resolution", hash=envelope_hash(envelope), body=body, envelope=envelope)
+    resolution = OverrideRecord(kind="resolution", hash=digest, body=body, envelope=envelope)
     execution_id = body.get("executionId")
     _touch(rt)
     with rt.db.transaction() as con:
