@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 import shutil
+import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -71,10 +72,19 @@ def unpack_task(path: str, scratch: str) -> tuple[str, Any]:
         key = f"{Path(path).resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()
         target = Path(scratch) / hashlib.sha256(key).hexdigest()[:24]
         done = target.with_name(target.name + ".done")  # beside the tree: inside it would be a file not in the manifest
-        if not done.is_file():  # a task run twice (a lost worker) finds it done
-            shutil.rmtree(target, ignore_errors=True)  # what a worker lost half-way left
-            target.mkdir(parents=True)
-            unpack_archive(path, target)
+        if not done.is_file():  # a task run twice (a lost worker, the same archive given twice) finds it done
+            staging = target.with_name(f"{target.name}.part-{uuid.uuid4().hex}")  # this run's own: no other touches it
+            staging.mkdir(parents=True)
+            try:
+                unpack_archive(path, staging)
+                try:
+                    staging.rename(target)  # atomic: the tree appears whole or not at all
+                except OSError:
+                    if not target.is_dir():
+                        raise
+                    # another run of this task renamed the same tree first
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
             done.write_bytes(b"")
         return str(target)
 

@@ -79,6 +79,20 @@ def test_clean_archives_of_every_container_give_the_same_report(made, client, tm
     assert report.status == "verified" and report.summary.total == 700
 
 
+def test_one_archive_unpacked_by_many_tasks_at_once_is_one_whole_tree(made, client, tmp_path):
+    """The same .zip given several times (or a task run twice) unpacks concurrently into one folder, never a half one:
+    each run unpacks into a folder of its own and renames it into place."""
+    from parmana_lab.cluster import _unwrap, unpack_task
+
+    root, _, store = made
+    futures = [client.submit(unpack_task, str(root / "archive.zip"), str(tmp_path / "unpacked"), pure=False)
+               for _ in range(8)]
+    paths = {_unwrap(f.result()) for f in futures}
+    assert len(paths) == 1
+    assert verify_archive(Path(paths.pop()), store, progress=False).status == "verified"
+    assert not list((tmp_path / "unpacked").glob("*.part-*"))  # no run's own folder is left behind
+
+
 def _edit_line(items, i, field, value):
     att = json.loads(items[i])
     att[field] = value
